@@ -1,0 +1,270 @@
+//! Store configuration and its builder.
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use std::path::Path;
+use std::time::Duration;
+
+/// When an acknowledged operation is on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Every acknowledgement follows an fdatasync of the batch that holds it: when `claim`
+    /// returns `Acquired`, or `complete`/`release`/`renew` return `Ok`, the change survives a
+    /// process crash and a power loss. The default.
+    Immediate,
+    /// Acknowledge once the batch is committed in memory, and make it durable within `max_delay`
+    /// (a group sync runs at most `max_delay` after the oldest unsynced acknowledgement).
+    ///
+    /// A process crash or power loss can lose every operation acknowledged in the last
+    /// `max_delay` before it; nothing acknowledged earlier. A lost claim means a retry may run
+    /// the action a second time; a lost completion means a retry runs the action again instead
+    /// of replaying. Use only where that is acceptable.
+    Bounded {
+        /// Upper bound between an acknowledgement and its sync.
+        max_delay: Duration,
+    },
+}
+
+/// What a claim may do with a key left in flight by a process that has since stopped (the
+/// store was closed or crashed and opened again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Takeover {
+    /// Take such a key over at once: its owner is gone with the previous process. The new
+    /// owner is told that an earlier attempt may have had effects. The default.
+    OnRestart,
+    /// Wait for the previous owner's lease to run out, as for a live owner (for deployments
+    /// where another process may still be working on a key it claimed before a restart).
+    AfterLease,
+}
+
+/// The on-disk layout. Chosen by measurement (see the crate docs); the other layout remains for
+/// the layout benchmark only.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Records in a table keyed by (expiry time, sequence), plus an in-memory directory.
+    TimeOrdered,
+    /// Records in a table keyed by the scoped key (benchmark baseline; no sweeper support).
+    KeyOrdered,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) ttl: Duration,
+    pub(crate) max_ttl: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) durability: Durability,
+    pub(crate) takeover: Takeover,
+    pub(crate) max_key_len: usize,
+    pub(crate) max_response_size: usize,
+    pub(crate) clock: Clock,
+    pub(crate) cache_size: Option<usize>,
+    pub(crate) quick_repair: bool,
+    pub(crate) max_batch: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) layout: Layout,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ttl: Duration::from_secs(24 * 3600),
+            max_ttl: Duration::from_secs(7 * 24 * 3600),
+            lease: Duration::from_secs(60),
+            durability: Durability::Immediate,
+            takeover: Takeover::OnRestart,
+            max_key_len: 255,
+            max_response_size: 1 << 20,
+            clock: Clock::System,
+            cache_size: None,
+            quick_repair: false,
+            max_batch: 4096,
+            queue_capacity: 16 * 1024,
+            layout: Layout::TimeOrdered,
+        }
+    }
+}
+
+/// Largest response the store accepts at all, whatever `max_response_size` says.
+pub(crate) const RESPONSE_SIZE_CEILING: usize = 256 << 20;
+/// Largest key (scope plus key) the store accepts at all.
+pub(crate) const KEY_LEN_CEILING: usize = 64 << 10;
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        if self.ttl.is_zero() || self.ttl > self.max_ttl {
+            return bad(format!(
+                "ttl {:?} must be above zero and at most max_ttl {:?}",
+                self.ttl, self.max_ttl
+            ));
+        }
+        if self.lease.is_zero() || self.lease > self.ttl {
+            return bad(format!(
+                "lease {:?} must be above zero and at most the ttl {:?} (a lease as long as the ttl wedges a crashed owner's key for its whole lifetime)",
+                self.lease, self.ttl
+            ));
+        }
+        if let Durability::Bounded { max_delay } = self.durability {
+            if max_delay.is_zero() || max_delay > Duration::from_secs(60) {
+                return bad(format!(
+                    "Durability::Bounded max_delay {max_delay:?} must be above zero and at most 60 s"
+                ));
+            }
+        }
+        if self.max_key_len == 0 || self.max_key_len > KEY_LEN_CEILING {
+            return bad(format!(
+                "max_key_len {} must be between 1 and {KEY_LEN_CEILING}",
+                self.max_key_len
+            ));
+        }
+        if self.max_response_size == 0 || self.max_response_size > RESPONSE_SIZE_CEILING {
+            return bad(format!(
+                "max_response_size {} must be between 1 and {RESPONSE_SIZE_CEILING}",
+                self.max_response_size
+            ));
+        }
+        if self.max_batch == 0 || self.queue_capacity == 0 {
+            return bad("max_batch and queue_capacity must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`Store`](crate::Store) with settings other than the defaults.
+///
+/// ```
+/// use idemstore::{Durability, Store};
+/// use std::time::Duration;
+/// # let dir = tempfile::tempdir().unwrap();
+/// let store = Store::builder()
+///     .ttl(Duration::from_secs(24 * 3600))
+///     .lease(Duration::from_secs(30))
+///     .durability(Durability::Immediate)
+///     .open(dir.path().join("idem.redb"))?;
+/// # Ok::<(), idemstore::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use = "a builder does nothing until `open` is called"]
+pub struct Builder {
+    pub(crate) config: Config,
+}
+
+impl Builder {
+    /// A builder with the production defaults.
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// How long a record (in flight or completed) is kept after its claim. Default 24 hours.
+    /// Must not exceed [`max_ttl`](Self::max_ttl).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.config.ttl = ttl;
+        self
+    }
+
+    /// Upper bound for per-claim lifetimes and for `ttl`. Default 7 days.
+    pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.config.max_ttl = max_ttl;
+        self
+    }
+
+    /// How long a claim owns its key before another claim may take it over, unless renewed.
+    /// Default 60 seconds. Must be above zero and at most the ttl.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// When acknowledged operations are on disk. Default [`Durability::Immediate`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.config.durability = durability;
+        self
+    }
+
+    /// What happens to keys left in flight by a previous process. Default
+    /// [`Takeover::OnRestart`].
+    pub fn takeover(mut self, takeover: Takeover) -> Self {
+        self.config.takeover = takeover;
+        self
+    }
+
+    /// Longest accepted key, scope plus key bytes. Default 255 bytes; at most 65,536.
+    pub fn max_key_len(mut self, bytes: usize) -> Self {
+        self.config.max_key_len = bytes;
+        self
+    }
+
+    /// Largest accepted response (status, headers and body). Default 1 MiB; at most 256 MiB.
+    pub fn max_response_size(mut self, bytes: usize) -> Self {
+        self.config.max_response_size = bytes;
+        self
+    }
+
+    /// Page cache of the underlying redb file. Default: redb's default.
+    pub fn cache_size(mut self, bytes: usize) -> Self {
+        self.config.cache_size = Some(bytes);
+        self
+    }
+
+    /// Makes each commit also record the allocator state (one more fdatasync per commit), so that
+    /// reopening after a crash is near-instant instead of a full repair. Default off.
+    pub fn quick_repair(mut self, enabled: bool) -> Self {
+        self.config.quick_repair = enabled;
+        self
+    }
+
+    /// Most operations in one group commit. Default 4,096.
+    pub fn max_batch(mut self, ops: usize) -> Self {
+        self.config.max_batch = ops;
+        self
+    }
+
+    /// Capacity of the queue in front of the writer; callers wait when it is full. Default
+    /// 16,384.
+    pub fn queue_capacity(mut self, ops: usize) -> Self {
+        self.config.queue_capacity = ops;
+        self
+    }
+
+    /// Reads time from `clock` instead of the system clock (`test-util` feature).
+    #[cfg(feature = "test-util")]
+    pub fn clock(mut self, clock: crate::ManualClock) -> Self {
+        self.config.clock = Clock::Manual(clock);
+        self
+    }
+
+    #[doc(hidden)]
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.config.layout = layout;
+        self
+    }
+
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<crate::Store> {
+        self.config.validate()?;
+        crate::Store::open_with(
+            self.config,
+            crate::storage::Target::Path(path.as_ref().into()),
+        )
+    }
+
+    /// Opens a store on custom redb storage backends (fault injection and power-loss tests;
+    /// `test-util` feature). `backend` is called once per open of the database: at first, and
+    /// again when the store reopens the file after a failed commit.
+    #[cfg(feature = "test-util")]
+    pub fn open_backend<B, F>(self, backend: F) -> Result<crate::Store>
+    where
+        B: redb::StorageBackend,
+        F: Fn() -> B + Send + Sync + 'static,
+    {
+        self.config.validate()?;
+        let factory = move || -> Box<dyn redb::StorageBackend> { Box::new(backend()) };
+        crate::Store::open_with(
+            self.config,
+            crate::storage::Target::Backend(std::sync::Arc::new(factory)),
+        )
+    }
+}

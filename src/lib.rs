@@ -1,0 +1,110 @@
+//! # idemstore
+//!
+//! An embedded, persistent idempotency-key store. For each request that carries an
+//! idempotency key it answers, atomically and durably: is this **new** (run it), a duplicate of
+//! one **in flight** (conflict, retry later), a retry of one that **finished** (replay the stored
+//! result byte for byte), or a key reused with a **different request** (mismatch)?
+//!
+//! ```
+//! use idemstore::{ClaimOutcome, Fingerprint, Key, Response, Store};
+//!
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(dir.path().join("idem.redb"))?;
+//! let key = Key::new("tenant-42", "redeploy-abc123def456");
+//! let fp = Fingerprint::of_request("POST", "/v1/environments/env_01/redeploy", b"{}");
+//!
+//! // First request: the caller owns the key, runs the action, stores its result.
+//! let ClaimOutcome::Acquired(lease) = store.claim(&key, Some(fp))? else { unreachable!() };
+//! let response = Response::new(201).header("content-type", "application/json").body(r#"{"job":"j_1"}"#);
+//! store.complete(&lease, response.clone())?;
+//!
+//! // A retry with the same key: the stored result, same status, not run again.
+//! match store.claim(&key, Some(fp))? {
+//!     ClaimOutcome::Replay(replay) => assert_eq!(replay.response, response),
+//!     other => panic!("expected a replay, got {other:?}"),
+//! }
+//!
+//! // The same key with another request: a mismatch (HTTP 422), never someone else's result.
+//! let other = Fingerprint::of_request("POST", "/v1/environments/env_01/stop", b"{}");
+//! assert!(matches!(store.claim(&key, Some(other))?, ClaimOutcome::Mismatch));
+//! # Ok::<(), idemstore::Error>(())
+//! ```
+//!
+//! ## States
+//!
+//! ```text
+//!                 claim (new)                  complete(lease)
+//!   absent ───────────────────▶ in flight ───────────────────────▶ completed
+//!     ▲   ◀─────────────────────  │   ▲                              │
+//!     │      release(lease)       │   │ claim after the lease ends, or
+//!     │                           └───┘ after a restart: takeover,   │
+//!     │                                 attempt + 1, new token        │
+//!     └──────────────── expiry (ttl after the claim) ◀───────────────┘
+//! ```
+//!
+//! ## Guarantees
+//!
+//! With the default [`Durability::Immediate`]:
+//! - when `claim` returns [`ClaimOutcome::Acquired`], the claim is on disk (fdatasync'd): after a
+//!   crash or power loss the key is still claimed (and, by default, taken over at once by the
+//!   next claim, flagged [`Lease::is_takeover`]);
+//! - when `complete` returns `Ok`, the response is on disk: every later claim until expiry
+//!   replays it byte for byte, across crashes and restarts;
+//! - when `release` or `renew` returns `Ok`, that change is on disk;
+//! - a replay is only ever served from committed, synced state;
+//! - a commit that fails answers every operation in it with [`Error::OutcomeUnknown`] and
+//!   acknowledges none of them.
+//!
+//! With [`Durability::Bounded`] acknowledgements come before the sync, and a crash loses what
+//! was acknowledged within the configured delay before it (see its docs).
+//!
+//! Invariants:
+//! 1. A record at or past its expiry instant is absent for every operation, whether or not it
+//!    has been removed from disk yet.
+//! 2. A key has at most one live owner; two claims of one key are decided in arrival order.
+//! 3. Only the current lease's fencing token may complete, release or renew; a stale token gets
+//!    [`Error::StaleLease`] and changes nothing.
+//! 4. A fingerprint mismatch is reported before in-flight and before replay.
+//! 5. Nothing is visible to other callers before the commit that wrote it returned.
+//! 6. Fencing tokens are unique and increasing over the life of the file, across crashes.
+//! 7. Time never runs backwards for the store: a clock that steps back is ignored up to the
+//!    highest time already persisted, so an expired key is never resurrected.
+//!
+//! ## How it works
+//!
+//! Callers hand operations to one writer thread through a bounded channel; the writer decides a
+//! whole batch against an in-memory directory of live keys, writes it in one redb transaction,
+//! syncs once, publishes the changes to the directory, and answers. Losers (in flight, replay,
+//! mismatch) are answered from the directory without the writer. The on-disk layout, its
+//! measurement and the memory cost per key are described in `docs/DESIGN.md`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod clock;
+mod codec;
+mod config;
+mod error;
+mod index;
+mod key;
+mod machine;
+mod outcome;
+#[cfg(feature = "test-util")]
+pub mod sim_disk;
+mod stats;
+mod storage;
+mod store;
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the sweeper that uses the wheel is not built yet")
+)]
+mod wheel;
+mod writer;
+
+#[cfg(feature = "test-util")]
+pub use clock::ManualClock;
+pub use config::{Builder, Durability, Layout, Takeover};
+pub use error::{Error, Result};
+pub use key::{Fingerprint, Key, Response};
+pub use outcome::{ClaimOutcome, Lease, RecordInfo, Replay};
+pub use stats::Stats;
+pub use store::Store;

@@ -1,0 +1,84 @@
+//! Operation counters.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of the store's counters since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Claims that acquired a key (new or taken over).
+    pub claims_acquired: u64,
+    /// Of those, takeovers of an earlier attempt (lease ended or previous process gone).
+    pub takeovers: u64,
+    /// Claims answered with a stored response.
+    pub replays: u64,
+    /// Claims answered "in flight".
+    pub in_flight_conflicts: u64,
+    /// Claims answered "mismatch".
+    pub mismatches: u64,
+    /// Successful completes.
+    pub completes: u64,
+    /// Successful releases.
+    pub releases: u64,
+    /// Successful renews.
+    pub renews: u64,
+    /// Keys removed by `expire`.
+    pub expired_by_operator: u64,
+    /// Owner operations refused because their token was stale.
+    pub stale_token_rejections: u64,
+    /// Write transactions committed by the writer.
+    pub batches_committed: u64,
+    /// Operations carried by those transactions (divide by `batches_committed` for the mean
+    /// batch size).
+    pub batched_ops: u64,
+    /// Durable commits (each one fdatasync, or two with quick repair).
+    pub syncs: u64,
+    /// Commits that failed (their operations got `OutcomeUnknown`).
+    pub failed_commits: u64,
+    /// Live keys in the in-memory directory.
+    pub live_keys: u64,
+}
+
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    pub(crate) claims_acquired: AtomicU64,
+    pub(crate) takeovers: AtomicU64,
+    pub(crate) replays: AtomicU64,
+    pub(crate) in_flight_conflicts: AtomicU64,
+    pub(crate) mismatches: AtomicU64,
+    pub(crate) completes: AtomicU64,
+    pub(crate) releases: AtomicU64,
+    pub(crate) renews: AtomicU64,
+    pub(crate) expired_by_operator: AtomicU64,
+    pub(crate) stale_token_rejections: AtomicU64,
+    pub(crate) batches_committed: AtomicU64,
+    pub(crate) batched_ops: AtomicU64,
+    pub(crate) syncs: AtomicU64,
+    pub(crate) failed_commits: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, live_keys: u64) -> Stats {
+        Stats {
+            claims_acquired: self.claims_acquired.load(Relaxed),
+            takeovers: self.takeovers.load(Relaxed),
+            replays: self.replays.load(Relaxed),
+            in_flight_conflicts: self.in_flight_conflicts.load(Relaxed),
+            mismatches: self.mismatches.load(Relaxed),
+            completes: self.completes.load(Relaxed),
+            releases: self.releases.load(Relaxed),
+            renews: self.renews.load(Relaxed),
+            expired_by_operator: self.expired_by_operator.load(Relaxed),
+            stale_token_rejections: self.stale_token_rejections.load(Relaxed),
+            batches_committed: self.batches_committed.load(Relaxed),
+            batched_ops: self.batched_ops.load(Relaxed),
+            syncs: self.syncs.load(Relaxed),
+            failed_commits: self.failed_commits.load(Relaxed),
+            live_keys,
+        }
+    }
+}

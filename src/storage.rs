@@ -1,0 +1,449 @@
+//! The redb file: tables, format checks, opening and recovery scans, and the two layouts.
+//!
+//! ```text
+//! table idemstore_meta     &str -> u64     format_version, layout, epoch, seq_reserved, clock_high_water
+//! table idemstore_records  (u64, u64) -> &[u8]
+//!                          key (expires_at ms, seq): one record per live key, in expiry order
+//! table idemstore_by_key   &[u8] -> &[u8]  (key-ordered layout, benchmark baseline only)
+//! ```
+//!
+//! The time-ordered table is both the record store and the durable expiry order: a record is
+//! rewritten at a new `seq` (and its previous position removed) in the same transaction that
+//! changes it, so the table holds exactly one record per key and expiry is a prefix of it.
+
+use crate::codec::{self, Record};
+use crate::config::{Config, Layout};
+use crate::error::{Error, Result};
+use crate::index::Slot;
+use crate::key::{Key, KeySeeds};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("idemstore_meta");
+const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("idemstore_records");
+const BY_KEY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idemstore_by_key");
+
+/// On-disk format version written by this build.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Sequence numbers (fencing tokens) are reserved durably in blocks of this size, so a token is
+/// never handed out twice, even across crashes, without a meta write per commit.
+pub(crate) const SEQ_BLOCK: u64 = 1 << 20;
+
+const M_FORMAT: &str = "format_version";
+const M_LAYOUT: &str = "layout";
+const M_EPOCH: &str = "epoch";
+const M_SEQ: &str = "seq_reserved";
+pub(crate) const M_HIGH_WATER: &str = "clock_high_water";
+
+type BackendFactory = dyn Fn() -> Box<dyn redb::StorageBackend> + Send + Sync;
+
+/// Where the database lives.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Path(PathBuf),
+    #[cfg_attr(
+        not(feature = "test-util"),
+        allow(dead_code, reason = "built by Builder::open_backend")
+    )]
+    Backend(Arc<BackendFactory>),
+}
+
+/// A database freshly opened and scanned.
+pub(crate) struct Opened {
+    pub(crate) db: Database,
+    pub(crate) epoch: u32,
+    pub(crate) next_seq: u64,
+    pub(crate) seq_reserved: u64,
+    pub(crate) high_water: u64,
+    pub(crate) slots: Vec<(u128, Slot)>,
+}
+
+fn layout_code(layout: Layout) -> u64 {
+    match layout {
+        Layout::TimeOrdered => 1,
+        Layout::KeyOrdered => 2,
+    }
+}
+
+fn open_db(target: &Target, config: &Config) -> Result<Database> {
+    let mut builder = Database::builder();
+    if let Some(bytes) = config.cache_size {
+        builder.set_cache_size(bytes);
+    }
+    let db = match target {
+        Target::Path(p) => builder.create(p),
+        Target::Backend(factory) => builder.create_with_backend(DynBackend(factory())),
+    };
+    db.map_err(|e| match e {
+        redb::DatabaseError::UpgradeRequired(v) => Error::UnsupportedFormat {
+            found: u32::from(v),
+            supported: FORMAT_VERSION,
+        },
+        other => Error::from(other),
+    })
+}
+
+/// Opens the database, checks its format, bumps the epoch (when `bump_epoch`), reserves a new
+/// block of sequence numbers durably, and scans every record into directory slots.
+pub(crate) fn open(
+    target: &Target,
+    config: &Config,
+    seeds: &KeySeeds,
+    bump_epoch: bool,
+) -> Result<Opened> {
+    let db = open_db(target, config)?;
+    let txn = db.begin_write()?;
+    let (epoch, next_seq, seq_reserved, high_water, slots);
+    {
+        let mut meta = txn.open_table(META)?;
+        let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>> {
+            Ok(meta.get(k)?.map(|g| g.value()))
+        };
+        match get(&meta, M_FORMAT)? {
+            None => {
+                meta.insert(M_FORMAT, u64::from(FORMAT_VERSION))?;
+                meta.insert(M_LAYOUT, layout_code(config.layout))?;
+            }
+            Some(v) if v > u64::from(FORMAT_VERSION) => {
+                return Err(Error::UnsupportedFormat {
+                    found: u32::try_from(v).unwrap_or(u32::MAX),
+                    supported: FORMAT_VERSION,
+                });
+            }
+            Some(_) => {}
+        }
+        if get(&meta, M_LAYOUT)? != Some(layout_code(config.layout)) {
+            return Err(Error::InvalidConfig(
+                "the file was created with another record layout".into(),
+            ));
+        }
+        let old_epoch = get(&meta, M_EPOCH)?.unwrap_or(0);
+        let e = if bump_epoch {
+            old_epoch + 1
+        } else {
+            old_epoch.max(1)
+        };
+        epoch = u32::try_from(e).map_err(|_| Error::Corrupt {
+            detail: format!("epoch {e} out of range"),
+        })?;
+        meta.insert(M_EPOCH, e)?;
+        high_water = get(&meta, M_HIGH_WATER)?.unwrap_or(0);
+        let (s, max_seq) = scan(&txn, config.layout, seeds)?;
+        slots = s;
+        let reserved = get(&meta, M_SEQ)?.unwrap_or(1);
+        next_seq = reserved.max(max_seq + 1);
+        seq_reserved = next_seq + SEQ_BLOCK;
+        meta.insert(M_SEQ, seq_reserved)?;
+    }
+    commit(txn, config, true)?;
+    Ok(Opened {
+        db,
+        epoch,
+        next_seq,
+        seq_reserved,
+        high_water,
+        slots,
+    })
+}
+
+/// Reads every record; returns the directory slots of the newest record per key and the
+/// highest sequence number seen.
+fn scan(
+    txn: &redb::WriteTransaction,
+    layout: Layout,
+    seeds: &KeySeeds,
+) -> Result<(Vec<(u128, Slot)>, u64)> {
+    let mut newest: std::collections::HashMap<u128, Slot> = Default::default();
+    let mut max_seq = 0;
+    let mut add = |record: Record, seq: u64| {
+        max_seq = max_seq.max(seq);
+        let d = record.key.digest(seeds);
+        let slot = Slot {
+            seq,
+            entry: record.entry,
+        };
+        newest
+            .entry(d)
+            .and_modify(|s| {
+                if s.seq < seq {
+                    *s = slot
+                }
+            })
+            .or_insert(slot);
+    };
+    match layout {
+        Layout::TimeOrdered => {
+            let table = txn.open_table(RECORDS)?;
+            for row in table.iter()? {
+                let (k, v) = row?;
+                let (expires_at, seq) = k.value();
+                let record = codec::decode(v.value()).map_err(|e| at(e, expires_at, seq))?;
+                if record.entry.expires_at != expires_at {
+                    return Err(at(
+                        Error::Corrupt {
+                            detail: "expiry differs from its position".into(),
+                        },
+                        expires_at,
+                        seq,
+                    ));
+                }
+                add(record, seq);
+            }
+        }
+        Layout::KeyOrdered => {
+            let table = txn.open_table(BY_KEY)?;
+            for row in table.iter()? {
+                let (_, v) = row?;
+                let (record, seq) = decode_with_seq(v.value())?;
+                add(record, seq);
+            }
+        }
+    }
+    Ok((newest.into_iter().collect(), max_seq))
+}
+
+fn at(e: Error, expires_at: u64, seq: u64) -> Error {
+    match e {
+        Error::Corrupt { detail } => Error::Corrupt {
+            detail: format!("record ({expires_at}, {seq}): {detail}"),
+        },
+        other => other,
+    }
+}
+
+/// The key-ordered layout stores the record's sequence number before the record.
+fn decode_with_seq(bytes: &[u8]) -> Result<(Record, u64)> {
+    let (seq, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| Error::Corrupt {
+            detail: "record shorter than its sequence number".into(),
+        })?;
+    Ok((codec::decode(rest)?, u64::from_be_bytes(*seq)))
+}
+
+/// Commits `txn` durably (`durable`) or not, with the configured repair mode.
+pub(crate) fn commit(
+    mut txn: redb::WriteTransaction,
+    config: &Config,
+    durable: bool,
+) -> Result<()> {
+    txn.set_quick_repair(config.quick_repair);
+    let durability = if durable {
+        redb::Durability::Immediate
+    } else {
+        redb::Durability::None
+    };
+    txn.set_durability(durability)
+        .map_err(|e| Error::Storage(e.into()))?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// The record tables of one write transaction, for the writer.
+pub(crate) enum Tables<'t> {
+    Time(redb::Table<'t, (u64, u64), &'static [u8]>),
+    Key(redb::Table<'t, &'static [u8], &'static [u8]>),
+}
+
+impl<'t> Tables<'t> {
+    pub(crate) fn open(txn: &'t redb::WriteTransaction, layout: Layout) -> Result<Self> {
+        Ok(match layout {
+            Layout::TimeOrdered => Tables::Time(txn.open_table(RECORDS)?),
+            Layout::KeyOrdered => Tables::Key(txn.open_table(BY_KEY)?),
+        })
+    }
+
+    /// Writes `record` as the key's record at `seq`, removing its previous position `old`.
+    pub(crate) fn put(
+        &mut self,
+        key: &Key,
+        old: Option<&Slot>,
+        new: &Slot,
+        record: &[u8],
+    ) -> Result<()> {
+        match self {
+            Tables::Time(t) => {
+                if let Some(old) = old {
+                    t.remove((old.entry.expires_at, old.seq))?;
+                }
+                t.insert((new.entry.expires_at, new.seq), record)?;
+            }
+            Tables::Key(t) => {
+                let mut value = Vec::with_capacity(8 + record.len());
+                value.extend_from_slice(&new.seq.to_be_bytes());
+                value.extend_from_slice(record);
+                t.insert(codec::scoped_key_bytes(key).as_slice(), value.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn remove(&mut self, key: &Key, old: &Slot) -> Result<()> {
+        match self {
+            Tables::Time(t) => {
+                t.remove((old.entry.expires_at, old.seq))?;
+            }
+            Tables::Key(t) => {
+                t.remove(codec::scoped_key_bytes(key).as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, key: &Key, slot: &Slot) -> Result<Option<Record>> {
+        match self {
+            Tables::Time(t) => read_time(t, key, slot),
+            Tables::Key(t) => read_key(t, key, slot),
+        }
+    }
+
+    /// Removes up to `max` records that expired before `now` from the front of the
+    /// time-ordered table and returns (expires_at, seq, key) of each.
+    #[cfg_attr(
+        not(feature = "test-util"),
+        allow(dead_code, reason = "used by the sweeper")
+    )]
+    pub(crate) fn pop_expired(&mut self, now: u64, max: usize) -> Result<Vec<(u64, Key)>> {
+        let Tables::Time(t) = self else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some((k, v)) = t.first()? else { break };
+            let (expires_at, seq) = k.value();
+            if expires_at > now {
+                break;
+            }
+            let key = codec::decode(v.value())
+                .map(|r| r.key)
+                .map_err(|e| at(e, expires_at, seq))?;
+            drop((k, v));
+            t.remove((expires_at, seq))?;
+            out.push((seq, key));
+        }
+        Ok(out)
+    }
+}
+
+fn check(record: Record, key: &Key, slot: &Slot) -> Result<Option<Record>> {
+    if &record.key != key {
+        return Err(Error::Corrupt {
+            detail: format!(
+                "record {} holds another key than the directory says",
+                slot.seq
+            ),
+        });
+    }
+    Ok((record.entry == slot.entry).then_some(record))
+}
+
+fn read_time(
+    t: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    key: &Key,
+    slot: &Slot,
+) -> Result<Option<Record>> {
+    match t.get((slot.entry.expires_at, slot.seq))? {
+        None => Ok(None),
+        Some(v) => check(codec::decode(v.value())?, key, slot),
+    }
+}
+
+fn read_key(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &Key,
+    slot: &Slot,
+) -> Result<Option<Record>> {
+    match t.get(codec::scoped_key_bytes(key).as_slice())? {
+        None => Ok(None),
+        Some(v) => {
+            let (record, seq) = decode_with_seq(v.value())?;
+            if seq != slot.seq {
+                return Ok(None);
+            }
+            check(record, key, slot)
+        }
+    }
+}
+
+/// Reads the record a directory slot points at, in a short read transaction. `None` when the
+/// record has moved on since the slot was read (the caller looks again).
+pub(crate) fn read(
+    db: &Database,
+    layout: Layout,
+    key: &Key,
+    slot: &Slot,
+) -> Result<Option<Record>> {
+    let txn = db.begin_read()?;
+    match layout {
+        Layout::TimeOrdered => read_time(&txn.open_table(RECORDS)?, key, slot),
+        Layout::KeyOrdered => read_key(&txn.open_table(BY_KEY)?, key, slot),
+    }
+}
+
+/// Number of records on disk (live or expired but not yet swept).
+pub(crate) fn record_count(db: &Database, layout: Layout) -> Result<u64> {
+    let txn = db.begin_read()?;
+    Ok(match layout {
+        Layout::TimeOrdered => txn.open_table(RECORDS)?.len()?,
+        Layout::KeyOrdered => txn.open_table(BY_KEY)?.len()?,
+    })
+}
+
+/// Writes meta values in the writer's transaction.
+pub(crate) fn put_meta(txn: &redb::WriteTransaction, pairs: &[(&str, u64)]) -> Result<()> {
+    let mut meta = txn.open_table(META)?;
+    for (k, v) in pairs {
+        meta.insert(*k, *v)?;
+    }
+    Ok(())
+}
+
+pub(crate) const META_SEQ: &str = M_SEQ;
+
+/// Forwards every method, the lock methods included, to a boxed backend.
+#[derive(Debug)]
+struct DynBackend(Box<dyn redb::StorageBackend>);
+
+type IoResult<T> = std::result::Result<T, std::io::Error>;
+type LockResult<T> = std::result::Result<T, redb::BackendError>;
+
+impl redb::StorageBackend for DynBackend {
+    fn len(&self) -> IoResult<u64> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> IoResult<()> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> IoResult<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> IoResult<()> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> IoResult<()> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> IoResult<()> {
+        self.0.close()
+    }
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<bool> {
+        self.0.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<bool> {
+        self.0.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<()> {
+        self.0.lock_range(start, end)
+    }
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<()> {
+        self.0.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<()> {
+        self.0.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<bool> {
+        self.0.query_lock_range(start, end)
+    }
+}

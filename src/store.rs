@@ -1,0 +1,419 @@
+//! The public handle: validation, the loser fast path, and the round trip to the writer.
+
+use crate::clock::{self, Millis, StoreTime};
+use crate::config::{Builder, Config};
+use crate::error::{Error, Result};
+use crate::index::{Index, Slot};
+use crate::key::{Fingerprint, Key, KeySeeds, Response};
+use crate::machine::{self, ClaimDecision, OwnerDecision, OwnerOp, Rules, State};
+use crate::outcome::{ClaimOutcome, Lease, RecordInfo};
+use crate::stats::{Counters, Stats};
+use crate::storage::{self, Target};
+use crate::writer::{self, Op, Writer};
+use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
+use redb::Database;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// State shared by the callers and the writer thread.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) seeds: KeySeeds,
+    pub(crate) index: Index,
+    pub(crate) time: StoreTime,
+    pub(crate) counters: Counters,
+    pub(crate) epoch: u32,
+    pub(crate) target: Target,
+    db: RwLock<Option<Arc<Database>>>,
+    poisoned: AtomicBool,
+    poison_reason: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub(crate) fn rules(&self, now: Millis) -> Rules {
+        Rules {
+            now,
+            epoch: self.epoch,
+            lease_ms: clock::duration_ms(self.config.lease),
+            takeover: self.config.takeover,
+        }
+    }
+
+    pub(crate) fn database(&self) -> Option<Arc<Database>> {
+        self.db.read().clone()
+    }
+
+    pub(crate) fn take_database(&self) -> Option<Arc<Database>> {
+        self.db.write().take()
+    }
+
+    pub(crate) fn install_database(&self, db: Database) {
+        *self.db.write() = Some(Arc::new(db));
+    }
+
+    pub(crate) fn poison(&self, reason: String) {
+        *self.poison_reason.lock() = Some(reason);
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn poison_reason(&self) -> Option<String> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        self.poison_reason.lock().clone()
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match self.poison_reason() {
+            Some(reason) => Err(Error::Poisoned { reason }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An open idempotency-key store. Share it between threads with `Arc<Store>`.
+///
+/// See the [crate documentation](crate) for the model, the guarantees and an example.
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: Option<Sender<Op>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("epoch", &self.shared.epoch)
+            .field("live_keys", &self.shared.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often a caller looks again when the record it was about to replay moved on meanwhile.
+const REPLAY_LOOKUPS: usize = 4;
+
+impl Store {
+    /// Opens (or creates) the store file at `path` with the production defaults: 24-hour
+    /// records, 60-second leases, every acknowledgement durable.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Builder::new().open(path)
+    }
+
+    /// A builder for other settings.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    pub(crate) fn open_with(config: Config, target: Target) -> Result<Store> {
+        let seeds = KeySeeds::new();
+        let opened = storage::open(&target, &config, &seeds, true)?;
+        let index = Index::new();
+        index.reserve(opened.slots.len());
+        index.replace_all(opened.slots.iter().copied());
+        let shared = Arc::new(Shared {
+            time: StoreTime::new(config.clock.clone(), opened.high_water),
+            seeds,
+            index,
+            counters: Counters::default(),
+            epoch: opened.epoch,
+            target,
+            db: RwLock::new(None),
+            poisoned: AtomicBool::new(false),
+            poison_reason: Mutex::new(None),
+            config,
+        });
+        let writer = Writer::new(Arc::clone(&shared), &opened);
+        shared.install_database(opened.db);
+        let (tx, rx) = crossbeam_channel::bounded(shared.config.queue_capacity);
+        let handle = std::thread::Builder::new()
+            .name("idemstore-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(Error::Io)?;
+        Ok(Store {
+            shared,
+            tx: Some(tx),
+            writer: Some(handle),
+        })
+    }
+
+    fn validate_key(&self, key: &Key) -> Result<u128> {
+        if key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        let max = self.shared.config.max_key_len;
+        if key.len() > max {
+            return Err(Error::KeyTooLong {
+                len: key.len(),
+                max,
+            });
+        }
+        Ok(key.digest(&self.shared.seeds))
+    }
+
+    /// Sends an operation to the writer and waits for its answer.
+    fn call<T>(&self, make: impl FnOnce(writer::Reply<T>) -> Op) -> Result<T> {
+        let tx = self.tx.as_ref().ok_or(Error::Closed)?;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        tx.send(make(reply)).map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Claims `key` for a request, with the store's default lifetime.
+    ///
+    /// Answers, without running anything:
+    /// - [`ClaimOutcome::Acquired`]: the caller owns the key (durably, unless the store runs
+    ///   with [`Durability::Bounded`](crate::Durability::Bounded)); run the request;
+    /// - [`ClaimOutcome::InFlight`]: another attempt owns it; answer `409` and let the client retry;
+    /// - [`ClaimOutcome::Replay`]: the stored result, to send back as it is;
+    /// - [`ClaimOutcome::Mismatch`]: the key was used with another `fingerprint`; answer `422`.
+    ///
+    /// A key past its expiry is absent, whether or not it has been swept yet.
+    pub fn claim(&self, key: &Key, fingerprint: Option<Fingerprint>) -> Result<ClaimOutcome> {
+        self.claim_inner(key, fingerprint, clock::duration_ms(self.shared.config.ttl))
+    }
+
+    /// Like [`claim`](Self::claim), with a lifetime for this key other than the store's
+    /// default. `ttl` must be above zero and at most [`Builder::max_ttl`].
+    pub fn claim_with_ttl(
+        &self,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+        ttl: Duration,
+    ) -> Result<ClaimOutcome> {
+        let max = self.shared.config.max_ttl;
+        if ttl.is_zero() || ttl > max {
+            return Err(Error::InvalidTtl {
+                requested: ttl,
+                max,
+            });
+        }
+        self.claim_inner(key, fingerprint, clock::duration_ms(ttl))
+    }
+
+    fn claim_inner(
+        &self,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+        ttl_ms: Millis,
+    ) -> Result<ClaimOutcome> {
+        let digest = self.validate_key(key)?;
+        self.shared.check_poison()?;
+        if let Some(answer) = self.answer_from_directory(key, digest, fingerprint)? {
+            return Ok(answer);
+        }
+        self.call(|reply| Op::Claim {
+            key: key.clone(),
+            digest,
+            fingerprint,
+            ttl_ms,
+            reply,
+        })
+    }
+
+    /// The loser fast path: answers in-flight, mismatch and replay from the directory (and a
+    /// short read transaction for a replay's body). `None` when the writer must decide.
+    fn answer_from_directory(
+        &self,
+        key: &Key,
+        digest: u128,
+        fp: Option<Fingerprint>,
+    ) -> Result<Option<ClaimOutcome>> {
+        let shared = &self.shared;
+        for _ in 0..REPLAY_LOOKUPS {
+            let Some(slot) = shared.index.get(digest) else {
+                return Ok(None);
+            };
+            let now = shared.time.now();
+            let answer = match machine::claim(Some(&slot.entry), fp, &shared.rules(now)) {
+                ClaimDecision::Acquire { .. } => return Ok(None),
+                ClaimDecision::Mismatch => ClaimOutcome::Mismatch,
+                ClaimDecision::InFlight {
+                    lease_until,
+                    attempt,
+                } => ClaimOutcome::InFlight {
+                    retry_after: Duration::from_millis(lease_until - now),
+                    attempt,
+                },
+                ClaimDecision::Replay => match self.read_record(key, &slot)? {
+                    Some(record) => writer::replay_of(record)?,
+                    // The record moved on (expired and swept, or expired by an operator)
+                    // between the lookup and the read: look again.
+                    None => continue,
+                },
+            };
+            let c = &shared.counters;
+            Counters::bump(match &answer {
+                ClaimOutcome::Mismatch => &c.mismatches,
+                ClaimOutcome::InFlight { .. } => &c.in_flight_conflicts,
+                _ => &c.replays,
+            });
+            return Ok(Some(answer));
+        }
+        Ok(None)
+    }
+
+    fn read_record(&self, key: &Key, slot: &Slot) -> Result<Option<crate::codec::Record>> {
+        match self.shared.database() {
+            Some(db) => storage::read(&db, self.shared.config.layout, key, slot),
+            // The writer is reopening the file after a failed commit.
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the result of the request `lease` was acquired for; later claims of the key
+    /// replay it byte for byte until the record expires.
+    ///
+    /// Fenced: if the key was taken over by a later attempt (or released, or expired), nothing
+    /// is stored and [`Error::StaleLease`] is returned. Completing twice with the same lease
+    /// succeeds and keeps the first response (so a retry after `OutcomeUnknown` is safe).
+    pub fn complete(&self, lease: &Lease, response: Response) -> Result<()> {
+        let size = response.stored_size();
+        let max = self.shared.config.max_response_size;
+        if size > max {
+            return Err(Error::ResponseTooLarge { size, max });
+        }
+        self.owner_op(lease, OwnerOp::Complete, Some(response))
+            .map(|_| ())
+    }
+
+    /// Forgets the attempt `lease` was acquired for (it failed before having effects the
+    /// server wants to keep), so a retry of the request runs afresh. Fenced like `complete`.
+    pub fn release(&self, lease: &Lease) -> Result<()> {
+        self.owner_op(lease, OwnerOp::Release, None).map(|_| ())
+    }
+
+    /// Extends the lease by the configured lease length from now (capped at the record's
+    /// expiry), for requests that run longer than one lease. Fenced like `complete`.
+    pub fn renew(&self, lease: &mut Lease) -> Result<()> {
+        if let Some(until) = self.owner_op(lease, OwnerOp::Renew, None)? {
+            lease.lease_until = until;
+        }
+        Ok(())
+    }
+
+    fn owner_op(
+        &self,
+        lease: &Lease,
+        kind: OwnerOp,
+        response: Option<Response>,
+    ) -> Result<Option<Millis>> {
+        let digest = self.validate_key(&lease.key)?;
+        self.shared.check_poison()?;
+        // Staleness never ends (a token never regains its key), so the committed directory
+        // can refuse a stale token without a trip to the writer.
+        let slot = self.shared.index.get(digest);
+        let now = self.shared.time.now();
+        if machine::owner(slot.as_ref().map(|s| &s.entry), lease.token, kind, now)
+            == OwnerDecision::Stale
+        {
+            Counters::bump(&self.shared.counters.stale_token_rejections);
+            return Err(Error::StaleLease { token: lease.token });
+        }
+        self.call(|reply| Op::Owner {
+            key: lease.key.clone(),
+            digest,
+            token: lease.token,
+            kind,
+            response,
+            reply,
+        })
+    }
+
+    /// Removes `key` now, whatever its state (an operator action). Answers whether a live
+    /// record was removed. A lease on it becomes stale.
+    pub fn expire(&self, key: &Key) -> Result<bool> {
+        let digest = self.validate_key(key)?;
+        self.shared.check_poison()?;
+        self.call(|reply| Op::Expire {
+            key: key.clone(),
+            digest,
+            reply,
+        })
+    }
+
+    /// What the store holds for `key`, without changing anything. `None` when absent or
+    /// expired.
+    pub fn get(&self, key: &Key) -> Result<Option<RecordInfo>> {
+        let digest = self.validate_key(key)?;
+        for _ in 0..REPLAY_LOOKUPS {
+            let Some(slot) = self.shared.index.get(digest) else {
+                return Ok(None);
+            };
+            let e = slot.entry;
+            if !e.is_live(self.shared.time.now()) {
+                return Ok(None);
+            }
+            match e.state {
+                State::InFlight { lease_until, epoch } => {
+                    return Ok(Some(RecordInfo::InFlight {
+                        attempt: e.attempt,
+                        lease_deadline: clock::to_system_time(lease_until),
+                        expires_at: clock::to_system_time(e.expires_at),
+                        from_previous_process: epoch < self.shared.epoch,
+                    }));
+                }
+                State::Completed { .. } => {
+                    if let Some(record) = self.read_record(key, &slot)? {
+                        let ClaimOutcome::Replay(replay) = writer::replay_of(record)? else {
+                            unreachable!("replay_of answers Replay or an error")
+                        };
+                        return Ok(Some(RecordInfo::Completed(replay)));
+                    }
+                }
+            }
+        }
+        Err(Error::OutcomeUnknown {
+            source: Arc::new(Error::Corrupt {
+                detail: "the record kept moving while it was read".into(),
+            }),
+        })
+    }
+
+    /// Makes every acknowledged operation durable now (useful with
+    /// [`Durability::Bounded`](crate::Durability::Bounded); a cheap no-op otherwise).
+    pub fn flush(&self) -> Result<()> {
+        self.shared.check_poison()?;
+        self.call(|reply| Op::Flush { reply })
+    }
+
+    /// Counters since the store was opened.
+    pub fn stats(&self) -> Stats {
+        self.shared
+            .counters
+            .snapshot(self.shared.index.len() as u64)
+    }
+
+    /// Number of records in the file, live or expired but not yet swept.
+    pub fn records_on_disk(&self) -> Result<u64> {
+        let db = self.shared.database().ok_or(Error::Closed)?;
+        storage::record_count(&db, self.shared.config.layout)
+    }
+
+    /// Finishes every queued operation, makes acknowledged work durable, stops the writer
+    /// thread and closes the file. Dropping the store does the same; `close` reports a
+    /// failure of the final sync.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown();
+        self.shared.check_poison()
+    }
+
+    fn shutdown(&mut self) {
+        drop(self.tx.take());
+        if let Some(handle) = self.writer.take() {
+            if handle.join().is_err() {
+                self.shared.poison("the writer thread panicked".into());
+            }
+        }
+        drop(self.shared.take_database());
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,533 @@
+//! The durable writer: one thread that turns queued operations into group commits.
+//!
+//! Callers send operations through a bounded channel. The writer takes every operation queued
+//! (up to `max_batch`), decides each one in arrival order against the directory plus the
+//! batch's own earlier changes (the overlay), writes the records into one redb write
+//! transaction, commits it (one fdatasync), publishes the overlay into the directory, and only
+//! then answers the callers. A batch forms by itself while the previous commit syncs.
+//!
+//! A failed commit is indeterminate: every operation of the batch gets `OutcomeUnknown`, the
+//! database is dropped and reopened (redb refuses writes after a failed commit), and the
+//! directory is rebuilt from what is on disk. If reopening fails the store is poisoned.
+
+use crate::clock::Millis;
+use crate::error::{Error, Result};
+use crate::index::Slot;
+use crate::key::{Fingerprint, Key, Response};
+use crate::machine::{self, ClaimDecision, OwnerDecision, OwnerOp, Rules, State};
+use crate::outcome::{ClaimOutcome, Lease, Replay};
+use crate::stats::Counters;
+use crate::storage::{self, Opened, Tables};
+use crate::store::Shared;
+use crate::{clock, codec};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(crate) type Reply<T> = Sender<Result<T>>;
+
+/// One queued operation.
+pub(crate) enum Op {
+    Claim {
+        key: Key,
+        digest: u128,
+        fingerprint: Option<Fingerprint>,
+        ttl_ms: Millis,
+        reply: Reply<ClaimOutcome>,
+    },
+    Owner {
+        key: Key,
+        digest: u128,
+        token: u64,
+        kind: OwnerOp,
+        response: Option<Response>,
+        /// The new lease deadline for a renew.
+        reply: Reply<Option<Millis>>,
+    },
+    Expire {
+        key: Key,
+        digest: u128,
+        reply: Reply<bool>,
+    },
+    /// Makes everything acknowledged so far durable (a no-op with `Durability::Immediate`).
+    Flush { reply: Reply<()> },
+}
+
+/// An operation decided in the current batch, waiting for the commit to be answered.
+enum Done {
+    Claim(Reply<ClaimOutcome>, Result<ClaimOutcome>),
+    Owner(Reply<Option<Millis>>, OwnerOp, Result<Option<Millis>>),
+    Expire(Reply<bool>, Result<bool>),
+    Flush(Reply<()>),
+}
+
+impl Done {
+    fn count(&self, c: &Counters) {
+        let bump = Counters::bump;
+        match self {
+            Done::Claim(_, Ok(ClaimOutcome::Acquired(lease))) => {
+                bump(&c.claims_acquired);
+                if lease.takeover {
+                    bump(&c.takeovers);
+                }
+            }
+            Done::Claim(_, Ok(ClaimOutcome::InFlight { .. })) => bump(&c.in_flight_conflicts),
+            Done::Claim(_, Ok(ClaimOutcome::Replay(_))) => bump(&c.replays),
+            Done::Claim(_, Ok(ClaimOutcome::Mismatch)) => bump(&c.mismatches),
+            Done::Owner(_, _, Err(Error::StaleLease { .. })) => bump(&c.stale_token_rejections),
+            Done::Owner(_, OwnerOp::Complete, Ok(_)) => bump(&c.completes),
+            Done::Owner(_, OwnerOp::Release, Ok(_)) => bump(&c.releases),
+            Done::Owner(_, OwnerOp::Renew, Ok(_)) => bump(&c.renews),
+            Done::Expire(_, Ok(true)) => bump(&c.expired_by_operator),
+            _ => {}
+        }
+    }
+
+    /// Answers the caller.
+    fn send(self) {
+        // A caller that gave up waiting is not an error: ignore failed sends.
+        match self {
+            Done::Claim(r, v) => drop(r.send(v)),
+            Done::Owner(r, _, v) => drop(r.send(v)),
+            Done::Expire(r, v) => drop(r.send(v)),
+            Done::Flush(r) => drop(r.send(Ok(()))),
+        }
+    }
+
+    fn fail(self, err: impl Fn() -> Error) {
+        match self {
+            Done::Claim(r, _) => drop(r.send(Err(err()))),
+            Done::Owner(r, _, _) => drop(r.send(Err(err()))),
+            Done::Expire(r, _) => drop(r.send(Err(err()))),
+            Done::Flush(r) => drop(r.send(Err(err()))),
+        }
+    }
+}
+
+impl Op {
+    fn into_failed(self) -> Done {
+        match self {
+            Op::Claim { reply, .. } => Done::Claim(reply, Err(Error::Closed)),
+            Op::Owner { reply, kind, .. } => Done::Owner(reply, kind, Err(Error::Closed)),
+            Op::Expire { reply, .. } => Done::Expire(reply, Err(Error::Closed)),
+            Op::Flush { reply } => Done::Flush(reply),
+        }
+    }
+}
+
+/// State only the writer thread touches.
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    next_seq: u64,
+    seq_reserved: u64,
+    high_water_persisted: Millis,
+    /// With `Durability::Bounded`: when the oldest unsynced acknowledgement was given.
+    unsynced_since: Option<Instant>,
+}
+
+impl Writer {
+    pub(crate) fn new(shared: Arc<Shared>, opened: &Opened) -> Self {
+        Writer {
+            shared,
+            next_seq: opened.next_seq,
+            seq_reserved: opened.seq_reserved,
+            high_water_persisted: opened.high_water,
+            unsynced_since: None,
+        }
+    }
+
+    fn max_delay(&self) -> Option<Duration> {
+        match self.shared.config.durability {
+            crate::Durability::Immediate => None,
+            crate::Durability::Bounded { max_delay } => Some(max_delay),
+        }
+    }
+
+    fn sync_deadline(&self) -> Option<Instant> {
+        Some(self.unsynced_since? + self.max_delay()?)
+    }
+
+    /// The writer loop; returns when every sender is gone and the queue is drained.
+    pub(crate) fn run(mut self, rx: Receiver<Op>) {
+        let max_batch = self.shared.config.max_batch;
+        let mut batch = Vec::with_capacity(max_batch);
+        loop {
+            let first = match self.sync_deadline() {
+                None => match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                },
+                Some(deadline) => match rx.recv_deadline(deadline) {
+                    Ok(op) => op,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.sync();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            batch.push(first);
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.process(&mut batch);
+            if self.sync_deadline().is_some_and(|d| Instant::now() >= d) {
+                self.sync();
+            }
+        }
+        if self.unsynced_since.is_some() {
+            self.sync();
+        }
+    }
+
+    fn process(&mut self, batch: &mut Vec<Op>) {
+        if let Some(reason) = self.shared.poison_reason() {
+            for op in batch.drain(..) {
+                op.into_failed().fail(|| Error::Poisoned {
+                    reason: reason.clone(),
+                });
+            }
+            return;
+        }
+        let durable =
+            self.max_delay().is_none() || batch.iter().any(|op| matches!(op, Op::Flush { .. }));
+        let mut done = Vec::with_capacity(batch.len());
+        let result = self.build_and_commit(batch, &mut done, durable);
+        match result {
+            Ok(overlay) => {
+                let shared = &self.shared;
+                for (digest, slot) in overlay {
+                    shared.index.set(digest, slot);
+                }
+                Counters::bump(&shared.counters.batches_committed);
+                shared
+                    .counters
+                    .batched_ops
+                    .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if durable {
+                    Counters::bump(&shared.counters.syncs);
+                    self.unsynced_since = None;
+                } else if self.unsynced_since.is_none() {
+                    self.unsynced_since = Some(Instant::now());
+                }
+                for d in done {
+                    d.count(&shared.counters);
+                    d.send();
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "idemstore: group commit of {} operations failed: {e}",
+                    done.len()
+                );
+                Counters::bump(&self.shared.counters.failed_commits);
+                let source = Arc::new(e);
+                for op in batch.drain(..) {
+                    done.push(op.into_failed());
+                }
+                for d in done {
+                    d.fail(|| Error::OutcomeUnknown {
+                        source: source.clone(),
+                    });
+                }
+                self.recover();
+            }
+        }
+    }
+
+    /// Decides every operation of the batch, writes the changes and commits. Returns the
+    /// directory changes to publish. Decided operations move from `batch` to `done`; on a
+    /// storage failure the undecided ones stay in `batch`.
+    fn build_and_commit(
+        &mut self,
+        batch: &mut Vec<Op>,
+        done: &mut Vec<Done>,
+        durable: bool,
+    ) -> Result<HashMap<u128, Option<Slot>>> {
+        let shared = Arc::clone(&self.shared);
+        let db = shared.database().ok_or(Error::Closed)?;
+        let now = shared.time.now();
+        let txn = db.begin_write()?;
+        let seq_before = self.seq_reserved;
+        let mut b = BatchCtx {
+            shared: &shared,
+            tables: Tables::open(&txn, shared.config.layout)?,
+            overlay: HashMap::with_capacity(batch.len()),
+            rules: shared.rules(now),
+        };
+        batch.reverse();
+        while let Some(op) = batch.pop() {
+            let (d, fatal) = match op {
+                Op::Claim {
+                    key,
+                    digest,
+                    fingerprint,
+                    ttl_ms,
+                    reply,
+                } => match b.claim(self, key, digest, fingerprint, ttl_ms) {
+                    Ok(answer) => (Done::Claim(reply, answer), None),
+                    Err(e) => (Done::Claim(reply, Err(Error::Closed)), Some(e)),
+                },
+                Op::Owner {
+                    key,
+                    digest,
+                    token,
+                    kind,
+                    response,
+                    reply,
+                } => match b.owner(self, &key, digest, token, kind, response.as_ref()) {
+                    Ok(answer) => (Done::Owner(reply, kind, answer), None),
+                    Err(e) => (Done::Owner(reply, kind, Err(Error::Closed)), Some(e)),
+                },
+                Op::Expire { key, digest, reply } => match b.expire(&key, digest) {
+                    Ok(answer) => (Done::Expire(reply, Ok(answer)), None),
+                    Err(e) => (Done::Expire(reply, Err(Error::Closed)), Some(e)),
+                },
+                Op::Flush { reply } => (Done::Flush(reply), None),
+            };
+            done.push(d);
+            if let Some(e) = fatal {
+                return Err(e);
+            }
+        }
+        let overlay = std::mem::take(&mut b.overlay);
+        drop(b);
+        let mut meta = Vec::with_capacity(2);
+        if self.seq_reserved != seq_before {
+            meta.push((storage::META_SEQ, self.seq_reserved));
+        }
+        if now > self.high_water_persisted {
+            meta.push((storage::M_HIGH_WATER, now));
+        }
+        if !meta.is_empty() {
+            storage::put_meta(&txn, &meta)?;
+        }
+        storage::commit(txn, &shared.config, durable)?;
+        self.high_water_persisted = self.high_water_persisted.max(now);
+        Ok(overlay)
+    }
+
+    fn alloc_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.next_seq >= self.seq_reserved {
+            self.seq_reserved += storage::SEQ_BLOCK;
+        }
+        seq
+    }
+
+    /// Makes every acknowledged commit durable (`Durability::Bounded`).
+    fn sync(&mut self) {
+        let Some(db) = self.shared.database() else {
+            return;
+        };
+        let result = db
+            .begin_write()
+            .map_err(Error::from)
+            .and_then(|txn| storage::commit(txn, &self.shared.config, true));
+        match result {
+            Ok(()) => {
+                Counters::bump(&self.shared.counters.syncs);
+                self.unsynced_since = None;
+            }
+            Err(e) => {
+                eprintln!("idemstore: sync of acknowledged operations failed: {e}");
+                Counters::bump(&self.shared.counters.failed_commits);
+                self.recover();
+            }
+        }
+    }
+
+    /// Drops the database after a failed commit, reopens it and rebuilds the directory from
+    /// disk; poisons the store when that fails.
+    fn recover(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let old = shared.take_database();
+        drop(old);
+        self.unsynced_since = None;
+        let mut last = None;
+        for attempt in 0..50 {
+            match storage::open(&shared.target, &shared.config, &shared.seeds, false) {
+                Ok(opened) => {
+                    shared.index.replace_all(opened.slots.iter().copied());
+                    self.next_seq = opened.next_seq;
+                    self.seq_reserved = opened.seq_reserved;
+                    self.high_water_persisted = opened.high_water;
+                    shared.install_database(opened.db);
+                    eprintln!("idemstore: reopened the store after a failed commit");
+                    return;
+                }
+                // A reader may still hold the old database for a moment.
+                Err(Error::AlreadyOpen) if attempt < 49 => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        let reason = format!(
+            "reopening after a failed commit failed: {}",
+            last.map_or_else(|| "the file stayed locked".to_string(), |e| e.to_string())
+        );
+        eprintln!("idemstore: {reason}");
+        shared.poison(reason);
+    }
+}
+
+/// The replay answer for a completed record.
+pub(crate) fn replay_of(record: codec::Record) -> Result<ClaimOutcome> {
+    let State::Completed { completed_at } = record.entry.state else {
+        return Err(Error::Corrupt {
+            detail: "completed directory entry points at an in-flight record".into(),
+        });
+    };
+    let response = record.response.ok_or_else(|| Error::Corrupt {
+        detail: "completed record has no response".into(),
+    })?;
+    Ok(ClaimOutcome::Replay(Replay {
+        response,
+        completed_at: clock::to_system_time(completed_at),
+        expires_at: clock::to_system_time(record.entry.expires_at),
+        attempt: record.entry.attempt,
+    }))
+}
+
+/// One batch being decided: its transaction's tables and the changes made so far.
+///
+/// Each method returns `Err` for a storage failure (the whole batch fails) and `Ok(answer)`
+/// otherwise, where the answer itself may be an error for this caller only.
+struct BatchCtx<'a, 't> {
+    shared: &'a Shared,
+    tables: Tables<'t>,
+    overlay: HashMap<u128, Option<Slot>>,
+    rules: Rules,
+}
+
+impl BatchCtx<'_, '_> {
+    /// The key's current slot: this batch's change if any, else the directory's.
+    fn current(&self, digest: u128) -> Option<Slot> {
+        match self.overlay.get(&digest) {
+            Some(s) => *s,
+            None => self.shared.index.get(digest),
+        }
+    }
+
+    fn claim(
+        &mut self,
+        w: &mut Writer,
+        key: Key,
+        digest: u128,
+        fingerprint: Option<Fingerprint>,
+        ttl_ms: Millis,
+    ) -> Result<Result<ClaimOutcome>> {
+        let cur = self.current(digest);
+        let now = self.rules.now;
+        Ok(
+            match machine::claim(cur.as_ref().map(|s| &s.entry), fingerprint, &self.rules) {
+                ClaimDecision::Acquire { attempt, takeover } => {
+                    let seq = w.alloc_seq();
+                    let entry =
+                        machine::acquired_entry(seq, attempt, fingerprint, ttl_ms, &self.rules);
+                    let slot = Slot { seq, entry };
+                    self.tables.put(
+                        &key,
+                        cur.as_ref(),
+                        &slot,
+                        &codec::encode(&key, &entry, None),
+                    )?;
+                    self.overlay.insert(digest, Some(slot));
+                    let State::InFlight { lease_until, .. } = entry.state else {
+                        unreachable!("acquired entries are in flight")
+                    };
+                    Ok(ClaimOutcome::Acquired(Lease {
+                        key,
+                        token: seq,
+                        attempt,
+                        lease_until,
+                        expires_at: entry.expires_at,
+                        takeover,
+                    }))
+                }
+                ClaimDecision::InFlight {
+                    lease_until,
+                    attempt,
+                } => Ok(ClaimOutcome::InFlight {
+                    retry_after: Duration::from_millis(lease_until.saturating_sub(now)),
+                    attempt,
+                }),
+                ClaimDecision::Mismatch => Ok(ClaimOutcome::Mismatch),
+                ClaimDecision::Replay => {
+                    let slot = cur.expect("a replay decision has an entry");
+                    match self.tables.get(&key, &slot)? {
+                        Some(record) => replay_of(record),
+                        None => Err(Error::Corrupt {
+                            detail: format!(
+                                "record {} listed in the directory is missing",
+                                slot.seq
+                            ),
+                        }),
+                    }
+                }
+            },
+        )
+    }
+
+    fn owner(
+        &mut self,
+        w: &mut Writer,
+        key: &Key,
+        digest: u128,
+        token: u64,
+        kind: OwnerOp,
+        response: Option<&Response>,
+    ) -> Result<Result<Option<Millis>>> {
+        let cur = self.current(digest);
+        let now = self.rules.now;
+        let old = match machine::owner(cur.as_ref().map(|s| &s.entry), token, kind, now) {
+            OwnerDecision::Stale => return Ok(Err(Error::StaleLease { token })),
+            OwnerDecision::AlreadyDone => return Ok(Ok(None)),
+            OwnerDecision::Apply => cur.expect("an applied owner operation has an entry"),
+        };
+        let entry = match kind {
+            OwnerOp::Release => {
+                self.tables.remove(key, &old)?;
+                self.overlay.insert(digest, None);
+                return Ok(Ok(None));
+            }
+            OwnerOp::Complete => machine::completed_entry(&old.entry, now),
+            OwnerOp::Renew => machine::renewed_entry(&old.entry, &self.rules),
+        };
+        let slot = Slot {
+            seq: w.alloc_seq(),
+            entry,
+        };
+        self.tables.put(
+            key,
+            Some(&old),
+            &slot,
+            &codec::encode(key, &entry, response),
+        )?;
+        self.overlay.insert(digest, Some(slot));
+        Ok(Ok(match entry.state {
+            State::InFlight { lease_until, .. } => Some(lease_until),
+            State::Completed { .. } => None,
+        }))
+    }
+
+    /// Removes the key's record; answers whether it was live.
+    fn expire(&mut self, key: &Key, digest: u128) -> Result<bool> {
+        let cur = self.current(digest);
+        let live = cur.is_some_and(|s| s.entry.is_live(self.rules.now));
+        if let Some(old) = cur {
+            self.tables.remove(key, &old)?;
+            self.overlay.insert(digest, None);
+        }
+        Ok(live)
+    }
+}
