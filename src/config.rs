@@ -65,6 +65,9 @@ pub(crate) struct Config {
     pub(crate) max_batch: usize,
     pub(crate) queue_capacity: usize,
     pub(crate) layout: Layout,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) sweep_horizon: Duration,
+    pub(crate) sweep_chunk: usize,
 }
 
 impl Default for Config {
@@ -83,6 +86,9 @@ impl Default for Config {
             max_batch: 4096,
             queue_capacity: 16 * 1024,
             layout: Layout::TimeOrdered,
+            sweep_interval: Duration::from_secs(1),
+            sweep_horizon: Duration::from_secs(3600),
+            sweep_chunk: 1024,
         }
     }
 }
@@ -125,6 +131,23 @@ impl Config {
                 "max_response_size {} must be between 1 and {RESPONSE_SIZE_CEILING}",
                 self.max_response_size
             ));
+        }
+        if self.sweep_interval < Duration::from_millis(1)
+            || self.sweep_interval > Duration::from_secs(3600)
+        {
+            return bad(format!(
+                "sweep_interval {:?} must be between 1 ms and 1 hour",
+                self.sweep_interval
+            ));
+        }
+        if self.sweep_horizon < self.sweep_interval {
+            return bad(format!(
+                "sweep_horizon {:?} must be at least the sweep_interval {:?}",
+                self.sweep_horizon, self.sweep_interval
+            ));
+        }
+        if self.sweep_chunk == 0 {
+            return bad("sweep_chunk must be above zero".into());
         }
         if self.max_batch == 0 || self.queue_capacity == 0 {
             return bad("max_batch and queue_capacity must be above zero".into());
@@ -226,6 +249,27 @@ impl Builder {
     /// 16,384.
     pub fn queue_capacity(mut self, ops: usize) -> Self {
         self.config.queue_capacity = ops;
+        self
+    }
+
+    /// How often the sweeper looks for expired records (its tick). Default 1 second. An expired
+    /// record is reclaimed from disk and memory within about one tick of its expiry (it stops
+    /// being served exactly at its expiry regardless).
+    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+        self.config.sweep_interval = interval;
+        self
+    }
+
+    /// How far ahead the sweeper's in-memory timing wheel holds expiries; later ones stay on
+    /// disk only until the horizon reaches them. Default 1 hour.
+    pub fn sweep_horizon(mut self, horizon: Duration) -> Self {
+        self.config.sweep_horizon = horizon;
+        self
+    }
+
+    /// Most expired records removed per group commit. Default 1,024.
+    pub fn sweep_chunk(mut self, records: usize) -> Self {
+        self.config.sweep_chunk = records;
         self
     }
 

@@ -71,18 +71,6 @@ impl Index {
         }
     }
 
-    /// Removes `digest` only if it still points at record `seq` (a sweep must not remove a
-    /// newer record of the same key).
-    pub(crate) fn remove_if_seq(&self, digest: u128, seq: u64) -> bool {
-        let mut shard = self.shard(digest).lock();
-        if shard.get(&digest).is_some_and(|s| s.seq == seq) {
-            shard.remove(&digest);
-            true
-        } else {
-            false
-        }
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }

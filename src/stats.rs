@@ -35,8 +35,16 @@ pub struct Stats {
     pub syncs: u64,
     /// Commits that failed (their operations got `OutcomeUnknown`).
     pub failed_commits: u64,
-    /// Live keys in the in-memory directory.
+    /// Live keys in the in-memory directory (including expired keys not yet swept).
     pub live_keys: u64,
+    /// Records reclaimed by the sweeper.
+    pub keys_expired: u64,
+    /// At the last sweep pass: how long ago the oldest record it reclaimed had expired (ms).
+    pub sweep_lag_ms: u64,
+    /// Records already due but not yet handed to the writer.
+    pub sweep_backlog: u64,
+    /// Expiries held by the sweeper's timing wheel.
+    pub sweep_scheduled: u64,
 }
 
 #[derive(Default, Debug)]
@@ -62,8 +70,13 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, live_keys: u64) -> Stats {
+    pub(crate) fn snapshot(&self, live_keys: u64, sweep: Option<&crate::sweeper::Sweep>) -> Stats {
+        let sweep_stat = |f: fn(&crate::sweeper::Sweep) -> u64| sweep.map_or(0, f);
         Stats {
+            keys_expired: sweep_stat(|s| s.expired.load(Relaxed)),
+            sweep_lag_ms: sweep_stat(|s| s.lag_ms.load(Relaxed)),
+            sweep_backlog: sweep_stat(|s| s.backlog.load(Relaxed)),
+            sweep_scheduled: sweep_stat(|s| s.scheduled() as u64),
             claims_acquired: self.claims_acquired.load(Relaxed),
             takeovers: self.takeovers.load(Relaxed),
             replays: self.replays.load(Relaxed),

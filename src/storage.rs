@@ -299,31 +299,12 @@ impl<'t> Tables<'t> {
         }
     }
 
-    /// Removes up to `max` records that expired before `now` from the front of the
-    /// time-ordered table and returns (expires_at, seq, key) of each.
-    #[cfg_attr(
-        not(feature = "test-util"),
-        allow(dead_code, reason = "used by the sweeper")
-    )]
-    pub(crate) fn pop_expired(&mut self, now: u64, max: usize) -> Result<Vec<(u64, Key)>> {
-        let Tables::Time(t) = self else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some((k, v)) = t.first()? else { break };
-            let (expires_at, seq) = k.value();
-            if expires_at > now {
-                break;
-            }
-            let key = codec::decode(v.value())
-                .map(|r| r.key)
-                .map_err(|e| at(e, expires_at, seq))?;
-            drop((k, v));
+    /// Removes the time-ordered record at `(expires_at, seq)` (the sweeper's delete).
+    pub(crate) fn remove_at(&mut self, expires_at: u64, seq: u64) -> Result<()> {
+        if let Tables::Time(t) = self {
             t.remove((expires_at, seq))?;
-            out.push((seq, key));
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -380,6 +361,34 @@ pub(crate) fn read(
         Layout::TimeOrdered => read_time(&txn.open_table(RECORDS)?, key, slot),
         Layout::KeyOrdered => read_key(&txn.open_table(BY_KEY)?, key, slot),
     }
+}
+
+/// Up to `limit` records of the time-ordered table from `from` (inclusive) to records
+/// expiring before `to`, as sweeper entries.
+pub(crate) fn scan_expiry(
+    db: &Database,
+    from: (u64, u64),
+    to: u64,
+    limit: usize,
+    seeds: &KeySeeds,
+) -> Result<Vec<crate::sweeper::Due>> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(RECORDS)?;
+    let mut out = Vec::new();
+    for row in table.range(from..(to, 0))? {
+        if out.len() == limit {
+            break;
+        }
+        let (k, v) = row?;
+        let (expires_at, seq) = k.value();
+        let record = codec::decode(v.value()).map_err(|e| at(e, expires_at, seq))?;
+        out.push(crate::sweeper::Due {
+            digest: record.key.digest(seeds),
+            seq,
+            expires_at,
+        });
+    }
+    Ok(out)
 }
 
 /// Number of records on disk (live or expired but not yet swept).

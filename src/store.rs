@@ -1,7 +1,7 @@
 //! The public handle: validation, the loser fast path, and the round trip to the writer.
 
 use crate::clock::{self, Millis, StoreTime};
-use crate::config::{Builder, Config};
+use crate::config::{Builder, Config, Layout};
 use crate::error::{Error, Result};
 use crate::index::{Index, Slot};
 use crate::key::{Fingerprint, Key, KeySeeds, Response};
@@ -9,6 +9,7 @@ use crate::machine::{self, ClaimDecision, OwnerDecision, OwnerOp, Rules, State};
 use crate::outcome::{ClaimOutcome, Lease, RecordInfo};
 use crate::stats::{Counters, Stats};
 use crate::storage::{self, Target};
+use crate::sweeper::Sweep;
 use crate::writer::{self, Op, Writer};
 use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) epoch: u32,
     pub(crate) target: Target,
+    /// The expiry sweeper's state (`None` for the key-ordered benchmark layout).
+    pub(crate) sweep: Option<Sweep>,
     db: RwLock<Option<Arc<Database>>>,
     poisoned: AtomicBool,
     poison_reason: Mutex<Option<String>>,
@@ -82,6 +85,11 @@ pub struct Store {
     shared: Arc<Shared>,
     tx: Option<Sender<Op>>,
     writer: Option<JoinHandle<()>>,
+    /// The writer's low-priority queue for expiry chunks; dropped after the writer ended.
+    sweep_tx: Option<Sender<Op>>,
+    /// Dropping it stops the sweeper thread.
+    sweeper_stop: Option<Sender<()>>,
+    sweeper: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -121,6 +129,13 @@ impl Store {
             counters: Counters::default(),
             epoch: opened.epoch,
             target,
+            sweep: (config.layout == Layout::TimeOrdered).then(|| {
+                Sweep::new(
+                    clock::duration_ms(config.sweep_interval),
+                    clock::duration_ms(config.sweep_horizon),
+                    config.sweep_chunk,
+                )
+            }),
             db: RwLock::new(None),
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(None),
@@ -129,15 +144,54 @@ impl Store {
         let writer = Writer::new(Arc::clone(&shared), &opened);
         shared.install_database(opened.db);
         let (tx, rx) = crossbeam_channel::bounded(shared.config.queue_capacity);
+        let (sweep_tx, sweep_rx) = crossbeam_channel::bounded(2);
         let handle = std::thread::Builder::new()
             .name("idemstore-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, sweep_rx))
             .map_err(Error::Io)?;
-        Ok(Store {
+        let mut store = Store {
             shared,
             tx: Some(tx),
             writer: Some(handle),
-        })
+            sweep_tx: Some(sweep_tx),
+            sweeper_stop: None,
+            sweeper: None,
+        };
+        if store.shared.sweep.is_some() {
+            let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+            let shared = Arc::clone(&store.shared);
+            let sweep_tx = store.sweep_tx.clone().expect("set above");
+            let interval = shared.config.sweep_interval;
+            let handle = std::thread::Builder::new()
+                .name("idemstore-sweeper".into())
+                .spawn(move || {
+                    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                        stopped.recv_timeout(interval)
+                    {
+                        let sweep = shared.sweep.as_ref().expect("checked before spawning");
+                        match sweep.pass(&shared, &sweep_tx) {
+                            Ok(_) | Err(Error::Closed) | Err(Error::Poisoned { .. }) => {}
+                            Err(e) => eprintln!("idemstore: expiry sweep failed, will retry: {e}"),
+                        }
+                    }
+                })
+                .map_err(Error::Io)?;
+            store.sweeper_stop = Some(stop);
+            store.sweeper = Some(handle);
+        }
+        Ok(store)
+    }
+
+    /// Runs the expiry sweeper now, in the calling thread, at the store's current time, and
+    /// answers how many expired records it reclaimed. The background sweeper does the same
+    /// every `sweep_interval`; this hook makes expiry deterministic in tests and examples
+    /// (with a manual clock: advance it, then call this).
+    pub fn run_pending_expiry(&self) -> Result<u64> {
+        self.shared.check_poison()?;
+        match (&self.shared.sweep, &self.sweep_tx) {
+            (Some(sweep), Some(tx)) => sweep.pass(&self.shared, tx),
+            _ => Ok(0),
+        }
     }
 
     fn validate_key(&self, key: &Key) -> Result<u128> {
@@ -384,7 +438,7 @@ impl Store {
     pub fn stats(&self) -> Stats {
         self.shared
             .counters
-            .snapshot(self.shared.index.len() as u64)
+            .snapshot(self.shared.index.len() as u64, self.shared.sweep.as_ref())
     }
 
     /// Number of records in the file, live or expired but not yet swept.
@@ -402,12 +456,19 @@ impl Store {
     }
 
     fn shutdown(&mut self) {
+        drop(self.sweeper_stop.take());
+        if let Some(handle) = self.sweeper.take() {
+            if handle.join().is_err() {
+                self.shared.poison("the sweeper thread panicked".into());
+            }
+        }
         drop(self.tx.take());
         if let Some(handle) = self.writer.take() {
             if handle.join().is_err() {
                 self.shared.poison("the writer thread panicked".into());
             }
         }
+        drop(self.sweep_tx.take());
         drop(self.shared.take_database());
     }
 }

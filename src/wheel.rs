@@ -143,6 +143,11 @@ impl<T> Wheel<T> {
         self.len
     }
 
+    /// Number of entries already due and not yet handed out.
+    pub(crate) fn due_len(&self) -> usize {
+        self.due.len()
+    }
+
     /// Whether the wheel holds no entry.
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0

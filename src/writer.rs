@@ -19,8 +19,9 @@ use crate::outcome::{ClaimOutcome, Lease, Replay};
 use crate::stats::Counters;
 use crate::storage::{self, Opened, Tables};
 use crate::store::Shared;
+use crate::sweeper::Due;
 use crate::{clock, codec};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +53,9 @@ pub(crate) enum Op {
     },
     /// Makes everything acknowledged so far durable (a no-op with `Durability::Immediate`).
     Flush { reply: Reply<()> },
+    /// Reclaims expired records (from the sweeper, through the low-priority queue); answers
+    /// how many were removed.
+    Sweep { due: Vec<Due>, reply: Reply<u64> },
 }
 
 /// An operation decided in the current batch, waiting for the commit to be answered.
@@ -60,6 +64,7 @@ enum Done {
     Owner(Reply<Option<Millis>>, OwnerOp, Result<Option<Millis>>),
     Expire(Reply<bool>, Result<bool>),
     Flush(Reply<()>),
+    Sweep(Reply<u64>, Result<u64>),
 }
 
 impl Done {
@@ -92,6 +97,7 @@ impl Done {
             Done::Owner(r, _, v) => drop(r.send(v)),
             Done::Expire(r, v) => drop(r.send(v)),
             Done::Flush(r) => drop(r.send(Ok(()))),
+            Done::Sweep(r, v) => drop(r.send(v)),
         }
     }
 
@@ -101,6 +107,7 @@ impl Done {
             Done::Owner(r, _, _) => drop(r.send(Err(err()))),
             Done::Expire(r, _) => drop(r.send(Err(err()))),
             Done::Flush(r) => drop(r.send(Err(err()))),
+            Done::Sweep(r, _) => drop(r.send(Err(err()))),
         }
     }
 }
@@ -112,6 +119,7 @@ impl Op {
             Op::Owner { reply, kind, .. } => Done::Owner(reply, kind, Err(Error::Closed)),
             Op::Expire { reply, .. } => Done::Expire(reply, Err(Error::Closed)),
             Op::Flush { reply } => Done::Flush(reply),
+            Op::Sweep { reply, .. } => Done::Sweep(reply, Err(Error::Closed)),
         }
     }
 }
@@ -148,30 +156,44 @@ impl Writer {
         Some(self.unsynced_since? + self.max_delay()?)
     }
 
-    /// The writer loop; returns when every sender is gone and the queue is drained.
-    pub(crate) fn run(mut self, rx: Receiver<Op>) {
+    /// The writer loop; returns when every sender of `rx` is gone and the queue is drained.
+    /// `sweeps` is the sweeper's low-priority queue: at most one chunk joins each batch, after
+    /// the claims that were waiting.
+    pub(crate) fn run(mut self, rx: Receiver<Op>, sweeps: Receiver<Op>) {
         let max_batch = self.shared.config.max_batch;
         let mut batch = Vec::with_capacity(max_batch);
         loop {
-            let first = match self.sync_deadline() {
-                None => match rx.recv() {
+            let deadline = self
+                .sync_deadline()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let first = crossbeam_channel::select_biased! {
+                recv(rx) -> op => match op {
                     Ok(op) => op,
                     Err(_) => break,
                 },
-                Some(deadline) => match rx.recv_deadline(deadline) {
+                recv(sweeps) -> op => match op {
                     Ok(op) => op,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.sync();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    // The store drops the sweep queue only after this thread ended.
+                    Err(_) => break,
                 },
+                default(deadline.saturating_duration_since(Instant::now())) => {
+                    if self.sync_deadline().is_some() {
+                        self.sync();
+                    }
+                    continue;
+                }
             };
+            let first_is_sweep = matches!(first, Op::Sweep { .. });
             batch.push(first);
             while batch.len() < max_batch {
                 match rx.try_recv() {
                     Ok(op) => batch.push(op),
                     Err(_) => break,
+                }
+            }
+            if !first_is_sweep && batch.len() < max_batch {
+                if let Ok(op) = sweeps.try_recv() {
+                    batch.push(op);
                 }
             }
             self.process(&mut batch);
@@ -200,8 +222,11 @@ impl Writer {
         match result {
             Ok(overlay) => {
                 let shared = &self.shared;
-                for (digest, slot) in overlay {
+                for (&digest, &slot) in &overlay {
                     shared.index.set(digest, slot);
+                }
+                if let Some(sweep) = &shared.sweep {
+                    sweep.schedule_published(overlay.iter());
                 }
                 Counters::bump(&shared.counters.batches_committed);
                 shared
@@ -288,6 +313,10 @@ impl Writer {
                     Err(e) => (Done::Expire(reply, Err(Error::Closed)), Some(e)),
                 },
                 Op::Flush { reply } => (Done::Flush(reply), None),
+                Op::Sweep { due, reply } => match b.sweep(&due) {
+                    Ok(n) => (Done::Sweep(reply, Ok(n)), None),
+                    Err(e) => (Done::Sweep(reply, Err(Error::Closed)), Some(e)),
+                },
             };
             done.push(d);
             if let Some(e) = fatal {
@@ -518,6 +547,21 @@ impl BatchCtx<'_, '_> {
             State::InFlight { lease_until, .. } => Some(lease_until),
             State::Completed { .. } => None,
         }))
+    }
+
+    /// Removes the due records that are still current and expired (lazy cancellation: a key
+    /// written since has a new record and is left alone).
+    fn sweep(&mut self, due: &[Due]) -> Result<u64> {
+        let mut removed = 0;
+        for d in due {
+            let cur = self.current(d.digest);
+            if cur.is_some_and(|s| s.seq == d.seq && !s.entry.is_live(self.rules.now)) {
+                self.tables.remove_at(d.expires_at, d.seq)?;
+                self.overlay.insert(d.digest, None);
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes the key's record; answers whether it was live.

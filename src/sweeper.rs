@@ -1,0 +1,192 @@
+//! Expiry: reclaiming expired records from disk and from the directory, on time, across
+//! restarts, without getting in the way of claims.
+//!
+//! Correctness never depends on this module: every operation treats a record at or past its
+//! expiry as absent (invariant 1). The sweeper only reclaims space.
+//!
+//! - The durable expiry order is the record table itself, keyed by `(expires_at, seq)`.
+//! - A hierarchical [`Wheel`] holds the records that expire before `horizon_end` (a near-future
+//!   horizon, one hour ahead by default). The writer schedules every record it publishes that
+//!   falls inside the horizon; a pass that moves the horizon scans the newly covered span of
+//!   the table (in chunks of short read transactions) and schedules what it finds. After a
+//!   reopen the first pass scans from the start of the table, so records that fell due while
+//!   the store was closed are reclaimed first.
+//! - Cancellation is lazy: a fired entry is dropped unless the directory still points at that
+//!   very record (same sequence number) and it has expired; a key re-claimed or completed since
+//!   has a new record, scheduled on its own.
+//! - Fired entries go to the writer in chunks of `sweep_chunk` through a separate queue that the
+//!   writer reads only after the claims waiting at that moment, one chunk per commit.
+//!
+//! Why the horizon is race-free: a pass raises `horizon_end` before it starts scanning; the
+//! writer checks `horizon_end` only after its commit returned. A record committed before the
+//! raise is seen by the scan; one committed after it is scheduled by the writer (both is
+//! harmless: the second firing finds nothing).
+
+use crate::clock::Millis;
+use crate::error::{Error, Result};
+use crate::index::Slot;
+use crate::store::Shared;
+use crate::wheel::Wheel;
+use crate::writer::Op;
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// One scheduled expiry: the record at `(expires_at, seq)` of the key with `digest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Due {
+    pub(crate) digest: u128,
+    pub(crate) seq: u64,
+    pub(crate) expires_at: Millis,
+}
+
+/// Rows read per read transaction while scanning the table into the wheel.
+const SCAN_CHUNK: usize = 8192;
+
+pub(crate) struct Sweep {
+    /// One pass at a time, so a pass that returns has reclaimed everything due when it began
+    /// (the background thread's and `run_pending_expiry`'s passes take turns).
+    pass_lock: Mutex<()>,
+    state: Mutex<SweepState>,
+    tick_ms: Millis,
+    horizon_ms: Millis,
+    chunk: usize,
+    pub(crate) expired: AtomicU64,
+    pub(crate) lag_ms: AtomicU64,
+    pub(crate) backlog: AtomicU64,
+}
+
+struct SweepState {
+    wheel: Wheel<Due>,
+    /// Every record expiring before this instant is in the wheel, or is being scanned into it.
+    horizon_end: Millis,
+}
+
+impl Sweep {
+    pub(crate) fn new(tick_ms: Millis, horizon_ms: Millis, chunk: usize) -> Self {
+        Sweep {
+            pass_lock: Mutex::new(()),
+            state: Mutex::new(SweepState {
+                wheel: Wheel::new(0),
+                horizon_end: 0,
+            }),
+            tick_ms,
+            horizon_ms,
+            chunk,
+            expired: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            backlog: AtomicU64::new(0),
+        }
+    }
+
+    /// The tick at which a record expiring at `ms` fires: rounded up, so never early.
+    fn tick_of(&self, ms: Millis) -> u64 {
+        ms.div_ceil(self.tick_ms)
+    }
+
+    /// Schedules records the writer just published, if they expire within the horizon.
+    pub(crate) fn schedule_published<'a>(
+        &self,
+        published: impl Iterator<Item = (&'a u128, &'a Option<Slot>)>,
+    ) {
+        let mut st = self.state.lock();
+        let end = st.horizon_end;
+        for (&digest, slot) in published {
+            if let Some(s) = slot.filter(|s| s.entry.expires_at < end) {
+                let due = Due {
+                    digest,
+                    seq: s.seq,
+                    expires_at: s.entry.expires_at,
+                };
+                st.wheel.schedule(self.tick_of(due.expires_at), due);
+            }
+        }
+    }
+
+    /// Entries held by the wheel (scheduled, due or not).
+    pub(crate) fn scheduled(&self) -> usize {
+        self.state.lock().wheel.len()
+    }
+
+    /// One sweep pass at the store's current time: moves the horizon (scanning newly covered
+    /// records into the wheel), then hands every due record to the writer in chunks, waiting
+    /// for each. Returns the number of records reclaimed.
+    pub(crate) fn pass(&self, shared: &Shared, writer: &Sender<Op>) -> Result<u64> {
+        let _one_at_a_time = self.pass_lock.lock();
+        let now = shared.time.now();
+        let scan = {
+            let mut st = self.state.lock();
+            let target = now.saturating_add(self.horizon_ms);
+            // Move in steps of half a horizon so the scan cost is amortised.
+            if st.horizon_end == 0 || target >= st.horizon_end.saturating_add(self.horizon_ms / 2) {
+                let from = st.horizon_end;
+                st.horizon_end = target;
+                Some((from, target))
+            } else {
+                None
+            }
+        };
+        if let Some((from, to)) = scan {
+            self.scan(shared, from, to)?;
+        }
+        let mut reclaimed = 0;
+        loop {
+            let mut fired = Vec::with_capacity(self.chunk);
+            let more = {
+                let mut st = self.state.lock();
+                let more = st
+                    .wheel
+                    .advance_bounded(now / self.tick_ms, self.chunk, &mut fired);
+                self.backlog.store(st.wheel.due_len() as u64, Relaxed);
+                more
+            };
+            // Lazy cancellation, first look (the writer checks again under its own order).
+            let due: Vec<Due> = fired
+                .into_iter()
+                .map(|(_, d)| d)
+                .filter(|d| shared.index.get(d.digest).is_some_and(|s| s.seq == d.seq))
+                .collect();
+            if let Some(oldest) = due.iter().map(|d| d.expires_at).min() {
+                self.lag_ms.store(now.saturating_sub(oldest), Relaxed);
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                writer
+                    .send(Op::Sweep { due, reply })
+                    .map_err(|_| Error::Closed)?;
+                let n = answer.recv().map_err(|_| Error::Closed)??;
+                reclaimed += n;
+                self.expired.fetch_add(n, Relaxed);
+            }
+            if !more {
+                break;
+            }
+        }
+        if reclaimed == 0 {
+            self.lag_ms.store(0, Relaxed);
+        }
+        Ok(reclaimed)
+    }
+
+    /// Schedules every record on disk expiring in `[from, to)`.
+    fn scan(&self, shared: &Shared, from: Millis, to: Millis) -> Result<()> {
+        let mut cursor = (from, 0u64);
+        loop {
+            let Some(db) = shared.database() else {
+                return Err(Error::Closed);
+            };
+            let rows = crate::storage::scan_expiry(&db, cursor, to, SCAN_CHUNK, &shared.seeds)?;
+            let full = rows.len() == SCAN_CHUNK;
+            if let Some(last) = rows.last() {
+                cursor = (last.expires_at, last.seq.saturating_add(1));
+            }
+            {
+                let mut st = self.state.lock();
+                for due in rows {
+                    st.wheel.schedule(self.tick_of(due.expires_at), due);
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Expiry: absent exactly at the expiry instant, reclaimed from disk and memory by the sweeper,
+//! across restarts, with a bounded footprint under churn.
+
+use idemstore::{ClaimOutcome, Durability, Key, ManualClock, Response, Store};
+use std::path::Path;
+use std::time::Duration;
+
+const START: u64 = 1_750_000_000_000;
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A store on a manual clock. Its background sweeper runs too (on the same manual time);
+/// `run_pending_expiry` waits for a pass in progress, so after it returns everything due is
+/// reclaimed, whichever pass did it: tests assert on the store's state, not on who swept.
+fn open(path: &Path, clock: &ManualClock) -> Store {
+    Store::builder()
+        .clock(clock.clone())
+        .open(path)
+        .expect("open")
+}
+
+fn acquire(store: &Store, key: &Key) -> idemstore::Lease {
+    match store.claim(key, None).expect("claim") {
+        ClaimOutcome::Acquired(lease) => lease,
+        other => panic!("expected to acquire {key:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn completed_key_replays_until_24h_then_is_new_and_is_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::new(START);
+    let store = open(&path, &clock);
+    let key = Key::new("t", "redeploy-abc123def456");
+    let lease = acquire(&store, &key);
+    store
+        .complete(&lease, Response::new(201).body("done"))
+        .unwrap();
+
+    clock.advance(DAY - Duration::from_secs(1));
+    assert!(matches!(
+        store.claim(&key, None).unwrap(),
+        ClaimOutcome::Replay(_)
+    ));
+    // Nothing is due yet: the sweeper leaves the record alone.
+    store.run_pending_expiry().unwrap();
+    assert_eq!(store.records_on_disk().unwrap(), 1);
+
+    clock.advance(Duration::from_secs(1));
+    // Absent at exactly 24 h, before any sweep.
+    assert!(store.get(&key).unwrap().is_none());
+    store.run_pending_expiry().unwrap();
+    assert_eq!(store.records_on_disk().unwrap(), 0);
+    let stats = store.stats();
+    assert_eq!(stats.live_keys, 0);
+    assert_eq!(stats.keys_expired, 1);
+    drop(store);
+
+    let store = open(&path, &clock);
+    assert_eq!(store.records_on_disk().unwrap(), 0);
+    let again = acquire(&store, &key);
+    assert_eq!(again.attempt(), 1);
+    assert!(!again.is_takeover());
+}
+
+#[test]
+fn a_key_acquired_again_is_not_removed_by_its_old_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START);
+    let store = open(&dir.path().join("s.redb"), &clock);
+    let key = Key::new("t", "k");
+    let lease = acquire(&store, &key);
+    store.complete(&lease, Response::new(200)).unwrap();
+    clock.advance(DAY);
+    // Re-acquired at expiry: the new record expires a day later.
+    let lease = acquire(&store, &key);
+    store.complete(&lease, Response::new(202)).unwrap();
+    store.run_pending_expiry().unwrap();
+    assert_eq!(store.records_on_disk().unwrap(), 1);
+    match store.claim(&key, None).unwrap() {
+        ClaimOutcome::Replay(r) => assert_eq!(r.response.status, 202),
+        other => panic!("expected the new record, got {other:?}"),
+    }
+    clock.advance(DAY);
+    store.run_pending_expiry().unwrap();
+    assert_eq!(store.records_on_disk().unwrap(), 0);
+    // The first record was replaced by the re-acquisition, not swept.
+    assert_eq!(store.stats().keys_expired, 1);
+}
+
+#[test]
+fn keys_due_while_closed_are_reclaimed_after_reopen_and_others_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::new(START);
+    let store = open(&path, &clock);
+    for i in 0..50 {
+        let key = Key::new("t", format!("short-{i}"));
+        match store
+            .claim_with_ttl(&key, None, Duration::from_secs(3600))
+            .unwrap()
+        {
+            ClaimOutcome::Acquired(lease) => store.complete(&lease, Response::new(200)).unwrap(),
+            other => panic!("{other:?}"),
+        }
+        let lease = acquire(&store, &Key::new("t", format!("long-{i}")));
+        store.complete(&lease, Response::new(200)).unwrap();
+    }
+    drop(store);
+
+    clock.advance(Duration::from_secs(2 * 3600));
+    let store = open(&path, &clock);
+    store.run_pending_expiry().unwrap();
+    assert_eq!(store.records_on_disk().unwrap(), 50);
+    for i in 0..50 {
+        assert!(
+            store
+                .get(&Key::new("t", format!("short-{i}")))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .get(&Key::new("t", format!("long-{i}")))
+                .unwrap()
+                .is_some()
+        );
+    }
+}
+
+#[test]
+fn clock_stepping_back_does_not_resurrect_or_unexpire() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::new(START);
+    let store = open(&path, &clock);
+    let key = Key::new("t", "k");
+    let lease = acquire(&store, &key);
+    store.complete(&lease, Response::new(200)).unwrap();
+    clock.advance(DAY);
+    assert!(store.get(&key).unwrap().is_none());
+    // Persist the high-water mark with a commit at the late time.
+    let _ = acquire(&store, &Key::new("t", "other"));
+    drop(store);
+    clock.set_ms(START);
+    let store = open(&path, &clock);
+    assert!(
+        store.get(&key).unwrap().is_none(),
+        "an expired key came back"
+    );
+}
+
+/// Ten simulated days at a steady claim rate with the default 24 h lifetime: the file and the
+/// in-memory directory stop growing once the first day's keys start expiring.
+#[test]
+fn churn_plateaus() {
+    let days: u64 = std::env::var("IDEMSTORE_CHURN_DAYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let per_hour = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::new(START);
+    let store = Store::builder()
+        .clock(clock.clone())
+        .durability(Durability::Bounded {
+            max_delay: Duration::from_millis(50),
+        })
+        .open(&path)
+        .unwrap();
+    let mut samples = vec![];
+    let mut n = 0u64;
+    for hour in 0..days * 24 {
+        for _ in 0..per_hour {
+            let lease = acquire(&store, &Key::new("t", n.to_le_bytes()));
+            store
+                .complete(&lease, Response::new(200).body(vec![7u8; 200]))
+                .unwrap();
+            n += 1;
+        }
+        clock.advance(Duration::from_secs(3600));
+        store.run_pending_expiry().unwrap();
+        if hour % 24 == 23 {
+            store.flush().unwrap();
+            let size = std::fs::metadata(&path).unwrap().len();
+            let s = store.stats();
+            println!(
+                "day {:2}: file {:8} bytes, live keys {:5}, on disk {:5}, expired {:6}",
+                hour / 24 + 1,
+                size,
+                s.live_keys,
+                store.records_on_disk().unwrap(),
+                s.keys_expired
+            );
+            samples.push((size, s.live_keys));
+        }
+    }
+    let window = 24 * per_hour;
+    let (last_size, last_live) = *samples.last().unwrap();
+    assert!(
+        last_live <= window,
+        "live keys {last_live} above one day's worth {window}"
+    );
+    assert_eq!(store.records_on_disk().unwrap(), last_live);
+    if samples.len() >= 4 {
+        // From day 2 on, the file may grow a little from allocator fragmentation, not with the
+        // number of claims made (which doubles between the middle and the end of the run).
+        let (mid_size, _) = samples[samples.len() / 2];
+        assert!(
+            last_size <= mid_size + mid_size / 4,
+            "file kept growing: {mid_size} -> {last_size}"
+        );
+    }
+}
