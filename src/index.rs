@@ -4,19 +4,90 @@
 //! (nothing is published before it is on disk). Claim losers (in flight, mismatch, replay) are
 //! answered from here without touching the writer.
 
-use crate::machine::Entry;
+use crate::clock::Millis;
+use crate::key::Fingerprint;
+use crate::machine::{Entry, State};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 const SHARDS: usize = 64;
 
-/// Where a key's record is stored and what it says.
+/// What the directory keeps per live key: the decision-relevant part of its record, packed
+/// into 40 bytes (plus the 16-byte digest it is filed under).
+///
+/// The record's position in the time-ordered table is `(expires_at, token)`: a record keeps its
+/// position from claim to expiry (complete and renew rewrite it in place; a takeover is a new
+/// claim with a new token and expiry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Slot {
-    /// Sequence number of the record (its position in the time-ordered table, with expiry).
-    pub(crate) seq: u64,
-    pub(crate) entry: Entry,
+    token: u64,
+    expires_at: Millis,
+    /// 64-bit fold of the fingerprint (see `Fingerprint::fold`); meaningful when `HAS_FP`.
+    fingerprint: u64,
+    /// In flight: `expires_at - lease_until`. Completed: 0.
+    lease_before_expiry: u32,
+    epoch: u32,
+    attempt: u16,
+    flags: u8,
+}
+
+const COMPLETED: u8 = 1;
+const HAS_FP: u8 = 2;
+
+impl Slot {
+    pub(crate) fn new(e: &Entry) -> Slot {
+        let (lease_before_expiry, epoch, state_flag) = match e.state {
+            State::InFlight { lease_until, epoch } => (
+                // Lease deadlines are capped at expiry, and lifetimes at max_ttl (< 49 days).
+                u32::try_from(e.expires_at.saturating_sub(lease_until)).unwrap_or(u32::MAX),
+                epoch,
+                0,
+            ),
+            State::Completed { .. } => (0, 0, COMPLETED),
+        };
+        Slot {
+            token: e.token,
+            expires_at: e.expires_at,
+            fingerprint: e.fingerprint.map_or(0, Fingerprint::fold),
+            lease_before_expiry,
+            epoch,
+            attempt: u16::try_from(e.attempt).unwrap_or(u16::MAX),
+            flags: state_flag | if e.fingerprint.is_some() { HAS_FP } else { 0 },
+        }
+    }
+
+    /// The entry for decisions. Fingerprints come back folded (equal folds compare equal), and
+    /// a completed entry's `completed_at` is not kept here (it is read from the record).
+    pub(crate) fn entry(&self) -> Entry {
+        Entry {
+            expires_at: self.expires_at,
+            fingerprint: (self.flags & HAS_FP != 0)
+                .then(|| Fingerprint(u128::from(self.fingerprint))),
+            token: self.token,
+            attempt: u32::from(self.attempt),
+            state: if self.flags & COMPLETED != 0 {
+                State::Completed { completed_at: 0 }
+            } else {
+                State::InFlight {
+                    lease_until: self.expires_at - u64::from(self.lease_before_expiry),
+                    epoch: self.epoch,
+                }
+            },
+        }
+    }
+
+    pub(crate) fn token(&self) -> u64 {
+        self.token
+    }
+
+    pub(crate) fn expires_at(&self) -> Millis {
+        self.expires_at
+    }
+
+    pub(crate) fn is_live(&self, now: Millis) -> bool {
+        now < self.expires_at
+    }
 }
 
 /// Keys are already uniformly random 128-bit digests: hash them by taking 64 of their bits.
@@ -90,5 +161,48 @@ impl Index {
         for shard in self.shards.iter() {
             shard.lock().reserve(n / SHARDS + 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_is_small_and_round_trips_what_decisions_need() {
+        assert_eq!(std::mem::size_of::<Slot>(), 40);
+        let in_flight = Entry {
+            expires_at: 86_400_000,
+            fingerprint: Some(Fingerprint(0xDEAD_BEEF_0000_0001_0000_0000_0000_0042)),
+            token: 9,
+            attempt: 3,
+            state: State::InFlight {
+                lease_until: 60_000,
+                epoch: 4,
+            },
+        };
+        let back = Slot::new(&in_flight).entry();
+        assert_eq!(
+            back.fingerprint.unwrap().fold(),
+            in_flight.fingerprint.unwrap().fold()
+        );
+        assert_eq!(
+            Entry {
+                fingerprint: in_flight.fingerprint,
+                ..back
+            },
+            in_flight
+        );
+        let done = Entry {
+            fingerprint: None,
+            state: State::Completed { completed_at: 5 },
+            ..in_flight
+        };
+        let back = Slot::new(&done).entry();
+        assert_eq!(back.state, State::Completed { completed_at: 0 });
+        assert_eq!(
+            (back.token, back.expires_at, back.attempt, back.fingerprint),
+            (9, 86_400_000, 3, None)
+        );
     }
 }

@@ -124,6 +124,13 @@ impl Fingerprint {
         Fingerprint(h.digest128())
     }
 
+    /// The 64 bits the in-memory directory keeps. Folding is idempotent on folded values, so
+    /// `a.fold() == b.fold()` decides "same request" both for full and for folded fingerprints.
+    /// Two different requests fold alike with probability 2^-64.
+    pub(crate) fn fold(self) -> u64 {
+        (self.0 as u64) ^ ((self.0 >> 64) as u64)
+    }
+
     /// A fingerprint from a digest computed elsewhere (the first 16 bytes are used, zero-padded).
     pub fn from_bytes(bytes: &[u8]) -> Self {
         let mut buf = [0u8; 16];

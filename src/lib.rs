@@ -112,3 +112,8 @@ pub use key::{Fingerprint, Key, Response};
 pub use outcome::{ClaimOutcome, Lease, RecordInfo, Replay};
 pub use stats::Stats;
 pub use store::Store;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

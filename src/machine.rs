@@ -102,10 +102,11 @@ pub(crate) fn claim(current: Option<&Entry>, fp: Option<Fingerprint>, r: &Rules)
     }
 }
 
-/// Both sides gave a fingerprint and they differ. A claim without a fingerprint matches
+/// Both sides gave a fingerprint and they differ (compared by their 64-bit folds, which is
+/// what the directory keeps). A claim without a fingerprint matches
 /// anything (the caller opted out of the check).
 fn fingerprints_differ(stored: Option<Fingerprint>, given: Option<Fingerprint>) -> bool {
-    matches!((stored, given), (Some(a), Some(b)) if a != b)
+    matches!((stored, given), (Some(a), Some(b)) if a.fold() != b.fold())
 }
 
 /// The decision for an operation by a lease holder (complete, release, renew).

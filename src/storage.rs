@@ -3,13 +3,14 @@
 //! ```text
 //! table idemstore_meta     &str -> u64     format_version, layout, epoch, seq_reserved, clock_high_water
 //! table idemstore_records  (u64, u64) -> &[u8]
-//!                          key (expires_at ms, seq): one record per live key, in expiry order
+//!                          key (expires_at ms, token): one record per live key, in expiry order
 //! table idemstore_by_key   &[u8] -> &[u8]  (key-ordered layout, benchmark baseline only)
 //! ```
 //!
-//! The time-ordered table is both the record store and the durable expiry order: a record is
-//! rewritten at a new `seq` (and its previous position removed) in the same transaction that
-//! changes it, so the table holds exactly one record per key and expiry is a prefix of it.
+//! The time-ordered table is both the record store and the durable expiry order. A record keeps
+//! its position from claim to expiry (complete and renew overwrite it in place); a takeover or a
+//! claim after expiry writes a new record and removes the old one in the same transaction, so
+//! the table holds one record per key and everything expired is a prefix of it.
 
 use crate::codec::{self, Record};
 use crate::config::{Config, Layout};
@@ -149,7 +150,7 @@ pub(crate) fn open(
 }
 
 /// Reads every record; returns the directory slots of the newest record per key and the
-/// highest sequence number seen.
+/// highest token seen.
 fn scan(
     txn: &redb::WriteTransaction,
     layout: Layout,
@@ -157,17 +158,14 @@ fn scan(
 ) -> Result<(Vec<(u128, Slot)>, u64)> {
     let mut newest: std::collections::HashMap<u128, Slot> = Default::default();
     let mut max_seq = 0;
-    let mut add = |record: Record, seq: u64| {
-        max_seq = max_seq.max(seq);
+    let mut add = |record: Record| {
+        max_seq = max_seq.max(record.entry.token);
         let d = record.key.digest(seeds);
-        let slot = Slot {
-            seq,
-            entry: record.entry,
-        };
+        let slot = Slot::new(&record.entry);
         newest
             .entry(d)
             .and_modify(|s| {
-                if s.seq < seq {
+                if s.token() < slot.token() {
                     *s = slot
                 }
             })
@@ -180,24 +178,24 @@ fn scan(
                 let (k, v) = row?;
                 let (expires_at, seq) = k.value();
                 let record = codec::decode(v.value()).map_err(|e| at(e, expires_at, seq))?;
-                if record.entry.expires_at != expires_at {
+                if (record.entry.expires_at, record.entry.token) != (expires_at, seq) {
                     return Err(at(
                         Error::Corrupt {
-                            detail: "expiry differs from its position".into(),
+                            detail: "expiry or token differs from the record's position".into(),
                         },
                         expires_at,
                         seq,
                     ));
                 }
-                add(record, seq);
+                add(record);
             }
         }
         Layout::KeyOrdered => {
             let table = txn.open_table(BY_KEY)?;
             for row in table.iter()? {
                 let (_, v) = row?;
-                let (record, seq) = decode_with_seq(v.value())?;
-                add(record, seq);
+                let (record, _) = decode_with_seq(v.value())?;
+                add(record);
             }
         }
     }
@@ -213,7 +211,7 @@ fn at(e: Error, expires_at: u64, seq: u64) -> Error {
     }
 }
 
-/// The key-ordered layout stores the record's sequence number before the record.
+/// The key-ordered layout stores the record's token before the record.
 fn decode_with_seq(bytes: &[u8]) -> Result<(Record, u64)> {
     let (seq, rest) = bytes
         .split_first_chunk::<8>()
@@ -255,7 +253,8 @@ impl<'t> Tables<'t> {
         })
     }
 
-    /// Writes `record` as the key's record at `seq`, removing its previous position `old`.
+    /// Writes `record` as the key's record `new`, removing the previous record `old` when it
+    /// stood elsewhere.
     pub(crate) fn put(
         &mut self,
         key: &Key,
@@ -265,14 +264,15 @@ impl<'t> Tables<'t> {
     ) -> Result<()> {
         match self {
             Tables::Time(t) => {
-                if let Some(old) = old {
-                    t.remove((old.entry.expires_at, old.seq))?;
+                let at = (new.expires_at(), new.token());
+                if let Some(old) = old.filter(|o| (o.expires_at(), o.token()) != at) {
+                    t.remove((old.expires_at(), old.token()))?;
                 }
-                t.insert((new.entry.expires_at, new.seq), record)?;
+                t.insert(at, record)?;
             }
             Tables::Key(t) => {
                 let mut value = Vec::with_capacity(8 + record.len());
-                value.extend_from_slice(&new.seq.to_be_bytes());
+                value.extend_from_slice(&new.token().to_be_bytes());
                 value.extend_from_slice(record);
                 t.insert(codec::scoped_key_bytes(key).as_slice(), value.as_slice())?;
             }
@@ -283,7 +283,7 @@ impl<'t> Tables<'t> {
     pub(crate) fn remove(&mut self, key: &Key, old: &Slot) -> Result<()> {
         match self {
             Tables::Time(t) => {
-                t.remove((old.entry.expires_at, old.seq))?;
+                t.remove((old.expires_at(), old.token()))?;
             }
             Tables::Key(t) => {
                 t.remove(codec::scoped_key_bytes(key).as_slice())?;
@@ -313,11 +313,12 @@ fn check(record: Record, key: &Key, slot: &Slot) -> Result<Option<Record>> {
         return Err(Error::Corrupt {
             detail: format!(
                 "record {} holds another key than the directory says",
-                slot.seq
+                slot.token()
             ),
         });
     }
-    Ok((record.entry == slot.entry).then_some(record))
+    // `None` when the record was rewritten since the slot was read.
+    Ok((Slot::new(&record.entry) == *slot).then_some(record))
 }
 
 fn read_time(
@@ -325,7 +326,7 @@ fn read_time(
     key: &Key,
     slot: &Slot,
 ) -> Result<Option<Record>> {
-    match t.get((slot.entry.expires_at, slot.seq))? {
+    match t.get((slot.expires_at(), slot.token()))? {
         None => Ok(None),
         Some(v) => check(codec::decode(v.value())?, key, slot),
     }
@@ -340,7 +341,7 @@ fn read_key(
         None => Ok(None),
         Some(v) => {
             let (record, seq) = decode_with_seq(v.value())?;
-            if seq != slot.seq {
+            if seq != slot.token() {
                 return Ok(None);
             }
             check(record, key, slot)
@@ -384,7 +385,7 @@ pub(crate) fn scan_expiry(
         let record = codec::decode(v.value()).map_err(|e| at(e, expires_at, seq))?;
         out.push(crate::sweeper::Due {
             digest: record.key.digest(seeds),
-            seq,
+            token: seq,
             expires_at,
         });
     }

@@ -282,7 +282,7 @@ impl Store {
                 return Ok(None);
             };
             let now = shared.time.now();
-            let answer = match machine::claim(Some(&slot.entry), fp, &shared.rules(now)) {
+            let answer = match machine::claim(Some(&slot.entry()), fp, &shared.rules(now)) {
                 ClaimDecision::Acquire { .. } => return Ok(None),
                 ClaimDecision::Mismatch => ClaimOutcome::Mismatch,
                 ClaimDecision::InFlight {
@@ -361,7 +361,7 @@ impl Store {
         // can refuse a stale token without a trip to the writer.
         let slot = self.shared.index.get(digest);
         let now = self.shared.time.now();
-        if machine::owner(slot.as_ref().map(|s| &s.entry), lease.token, kind, now)
+        if machine::owner(slot.map(|s| s.entry()).as_ref(), lease.token, kind, now)
             == OwnerDecision::Stale
         {
             Counters::bump(&self.shared.counters.stale_token_rejections);
@@ -397,7 +397,7 @@ impl Store {
             let Some(slot) = self.shared.index.get(digest) else {
                 return Ok(None);
             };
-            let e = slot.entry;
+            let e = slot.entry();
             if !e.is_live(self.shared.time.now()) {
                 return Ok(None);
             }

@@ -12,7 +12,7 @@
 //!   reopen the first pass scans from the start of the table, so records that fell due while
 //!   the store was closed are reclaimed first.
 //! - Cancellation is lazy: a fired entry is dropped unless the directory still points at that
-//!   very record (same sequence number) and it has expired; a key re-claimed or completed since
+//!   very record (same token) and it has expired; a key re-claimed or completed since
 //!   has a new record, scheduled on its own.
 //! - Fired entries go to the writer in chunks of `sweep_chunk` through a separate queue that the
 //!   writer reads only after the claims waiting at that moment, one chunk per commit.
@@ -32,11 +32,11 @@ use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// One scheduled expiry: the record at `(expires_at, seq)` of the key with `digest`.
+/// One scheduled expiry: the record at `(expires_at, token)` of the key with `digest`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Due {
     pub(crate) digest: u128,
-    pub(crate) seq: u64,
+    pub(crate) token: u64,
     pub(crate) expires_at: Millis,
 }
 
@@ -92,11 +92,11 @@ impl Sweep {
         let mut st = self.state.lock();
         let end = st.horizon_end;
         for (&digest, slot) in published {
-            if let Some(s) = slot.filter(|s| s.entry.expires_at < end) {
+            if let Some(s) = slot.filter(|s| s.expires_at() < end) {
                 let due = Due {
                     digest,
-                    seq: s.seq,
-                    expires_at: s.entry.expires_at,
+                    token: s.token(),
+                    expires_at: s.expires_at(),
                 };
                 st.wheel.schedule(self.tick_of(due.expires_at), due);
             }
@@ -144,7 +144,12 @@ impl Sweep {
             let due: Vec<Due> = fired
                 .into_iter()
                 .map(|(_, d)| d)
-                .filter(|d| shared.index.get(d.digest).is_some_and(|s| s.seq == d.seq))
+                .filter(|d| {
+                    shared
+                        .index
+                        .get(d.digest)
+                        .is_some_and(|s| s.token() == d.token)
+                })
                 .collect();
             if let Some(oldest) = due.iter().map(|d| d.expires_at).min() {
                 self.lag_ms.store(now.saturating_sub(oldest), Relaxed);
@@ -176,7 +181,7 @@ impl Sweep {
             let rows = crate::storage::scan_expiry(&db, cursor, to, SCAN_CHUNK, &shared.seeds)?;
             let full = rows.len() == SCAN_CHUNK;
             if let Some(last) = rows.last() {
-                cursor = (last.expires_at, last.seq.saturating_add(1));
+                cursor = (last.expires_at, last.token.saturating_add(1));
             }
             {
                 let mut st = self.state.lock();

@@ -304,7 +304,7 @@ impl Writer {
                     kind,
                     response,
                     reply,
-                } => match b.owner(self, &key, digest, token, kind, response.as_ref()) {
+                } => match b.owner(&key, digest, token, kind, response.as_ref()) {
                     Ok(answer) => (Done::Owner(reply, kind, answer), None),
                     Err(e) => (Done::Owner(reply, kind, Err(Error::Closed)), Some(e)),
                 },
@@ -458,12 +458,12 @@ impl BatchCtx<'_, '_> {
         let cur = self.current(digest);
         let now = self.rules.now;
         Ok(
-            match machine::claim(cur.as_ref().map(|s| &s.entry), fingerprint, &self.rules) {
+            match machine::claim(cur.map(|s| s.entry()).as_ref(), fingerprint, &self.rules) {
                 ClaimDecision::Acquire { attempt, takeover } => {
                     let seq = w.alloc_seq();
                     let entry =
                         machine::acquired_entry(seq, attempt, fingerprint, ttl_ms, &self.rules);
-                    let slot = Slot { seq, entry };
+                    let slot = Slot::new(&entry);
                     self.tables.put(
                         &key,
                         cur.as_ref(),
@@ -498,7 +498,7 @@ impl BatchCtx<'_, '_> {
                         None => Err(Error::Corrupt {
                             detail: format!(
                                 "record {} listed in the directory is missing",
-                                slot.seq
+                                slot.token()
                             ),
                         }),
                     }
@@ -509,7 +509,6 @@ impl BatchCtx<'_, '_> {
 
     fn owner(
         &mut self,
-        w: &mut Writer,
         key: &Key,
         digest: u128,
         token: u64,
@@ -518,7 +517,7 @@ impl BatchCtx<'_, '_> {
     ) -> Result<Result<Option<Millis>>> {
         let cur = self.current(digest);
         let now = self.rules.now;
-        let old = match machine::owner(cur.as_ref().map(|s| &s.entry), token, kind, now) {
+        let old = match machine::owner(cur.map(|s| s.entry()).as_ref(), token, kind, now) {
             OwnerDecision::Stale => return Ok(Err(Error::StaleLease { token })),
             OwnerDecision::AlreadyDone => return Ok(Ok(None)),
             OwnerDecision::Apply => cur.expect("an applied owner operation has an entry"),
@@ -529,13 +528,11 @@ impl BatchCtx<'_, '_> {
                 self.overlay.insert(digest, None);
                 return Ok(Ok(None));
             }
-            OwnerOp::Complete => machine::completed_entry(&old.entry, now),
-            OwnerOp::Renew => machine::renewed_entry(&old.entry, &self.rules),
+            OwnerOp::Complete => machine::completed_entry(&old.entry(), now),
+            OwnerOp::Renew => machine::renewed_entry(&old.entry(), &self.rules),
         };
-        let slot = Slot {
-            seq: w.alloc_seq(),
-            entry,
-        };
+        // Same token and expiry: the record is rewritten in place.
+        let slot = Slot::new(&entry);
         self.tables.put(
             key,
             Some(&old),
@@ -555,8 +552,8 @@ impl BatchCtx<'_, '_> {
         let mut removed = 0;
         for d in due {
             let cur = self.current(d.digest);
-            if cur.is_some_and(|s| s.seq == d.seq && !s.entry.is_live(self.rules.now)) {
-                self.tables.remove_at(d.expires_at, d.seq)?;
+            if cur.is_some_and(|s| s.token() == d.token && !s.is_live(self.rules.now)) {
+                self.tables.remove_at(d.expires_at, d.token)?;
                 self.overlay.insert(d.digest, None);
                 removed += 1;
             }
@@ -567,7 +564,7 @@ impl BatchCtx<'_, '_> {
     /// Removes the key's record; answers whether it was live.
     fn expire(&mut self, key: &Key, digest: u128) -> Result<bool> {
         let cur = self.current(digest);
-        let live = cur.is_some_and(|s| s.entry.is_live(self.rules.now));
+        let live = cur.is_some_and(|s| s.is_live(self.rules.now));
         if let Some(old) = cur {
             self.tables.remove(key, &old)?;
             self.overlay.insert(digest, None);
