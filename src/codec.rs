@@ -1,13 +1,15 @@
 //! The record codec: how one key's state is laid out in a redb value.
 //!
 //! ```text
-//! byte 0      record version (RECORD_V1 = 1)
-//! bytes 1..   bincode 2 (standard config, serde) of `Record`:
-//!             scope, key, expires_at, fingerprint, token, attempt, state, response
+//! byte 0       record version (RECORD_V1 = 1)
+//! bytes 1..9   XXH3-64 of bytes 9.. (little endian): redb does not verify page checksums on
+//!              reads, so a flipped bit would otherwise replay a wrong response
+//! bytes 9..    bincode 2 (standard config, serde) of `Record`:
+//!              scope, key, expires_at, fingerprint, token, attempt, state, response
 //! ```
 //!
-//! Decoding never panics: a wrong version byte, a truncated or garbled body and trailing bytes
-//! are all [`Error::Corrupt`]. bincode is not developed any more; it stays behind this module
+//! Decoding never panics: a wrong version byte, a checksum mismatch, a truncated or garbled body
+//! and trailing bytes are all [`Error::Corrupt`]. bincode is not developed any more; it stays behind this module
 //! and the version byte, so a later version can switch codecs without migrating old records.
 
 use crate::error::{Error, Result};
@@ -17,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version byte of records written by this build.
 pub(crate) const RECORD_V1: u8 = 1;
+/// Version byte plus checksum.
+const HEADER: usize = 9;
 
 /// Upper bound for one decoded record, so a corrupt length prefix cannot ask for a huge
 /// allocation.
@@ -43,7 +47,7 @@ pub(crate) fn encode(key: &Key, entry: &Entry, response: Option<&Response>) -> V
         entry: &'a Entry,
         response: Option<&'a Response>,
     }
-    let mut out = vec![RECORD_V1];
+    let mut out = vec![RECORD_V1, 0, 0, 0, 0, 0, 0, 0, 0];
     bincode::serde::encode_into_std_write(
         RecordRef {
             key,
@@ -54,6 +58,8 @@ pub(crate) fn encode(key: &Key, entry: &Entry, response: Option<&Response>) -> V
         config(),
     )
     .expect("encoding into a Vec cannot fail and records are bounded by validation");
+    let sum = xxhash_rust::xxh3::xxh3_64(&out[HEADER..]);
+    out[1..HEADER].copy_from_slice(&sum.to_le_bytes());
     out
 }
 
@@ -63,13 +69,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Record> {
     match bytes.first() {
         None => Err(corrupt("empty record".into())),
         Some(&RECORD_V1) => {
-            let (record, used): (Record, usize) =
-                bincode::serde::decode_from_slice(&bytes[1..], config())
-                    .map_err(|e| corrupt(format!("record does not decode: {e}")))?;
-            if used + 1 != bytes.len() {
+            let (sum, body) = bytes[1..]
+                .split_first_chunk::<8>()
+                .ok_or_else(|| corrupt("record shorter than its header".into()))?;
+            if u64::from_le_bytes(*sum) != xxhash_rust::xxh3::xxh3_64(body) {
+                return Err(corrupt("record checksum mismatch".into()));
+            }
+            let (record, used): (Record, usize) = bincode::serde::decode_from_slice(body, config())
+                .map_err(|e| corrupt(format!("record does not decode: {e}")))?;
+            if used != body.len() {
                 return Err(corrupt(format!(
                     "record has {} trailing bytes",
-                    bytes.len() - used - 1
+                    body.len() - used
                 )));
             }
             Ok(record)
@@ -131,8 +142,18 @@ mod tests {
         let mut trailing = good.clone();
         trailing.push(0);
         inputs.push(trailing);
-        // A huge length prefix must be refused, not allocated.
-        inputs.push(vec![RECORD_V1, 252, 255, 255, 255, 255]);
+        // A flipped bit anywhere is caught by the checksum.
+        for i in 1..good.len() {
+            let mut flipped = good.clone();
+            flipped[i] ^= 0x10;
+            inputs.push(flipped);
+        }
+        // A huge length prefix with a valid checksum must be refused, not allocated.
+        let body = [252u8, 255, 255, 255, 255];
+        let mut huge = vec![RECORD_V1];
+        huge.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
+        huge.extend_from_slice(&body);
+        inputs.push(huge);
         for input in inputs {
             assert!(
                 matches!(decode(&input), Err(Error::Corrupt { .. })),

@@ -146,13 +146,19 @@ impl Index {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
-    /// Replaces the whole content (after a reload from disk).
-    pub(crate) fn replace_all(&self, slots: impl IntoIterator<Item = (u128, Slot)>) {
+    /// Empties the directory (before a reload from disk).
+    pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {
             shard.lock().clear();
         }
-        for (d, s) in slots {
-            self.set(d, Some(s));
+    }
+
+    /// Files `slot` unless the directory already holds a newer record (higher token) of the key.
+    pub(crate) fn insert_newest(&self, digest: u128, slot: Slot) {
+        let mut shard = self.shard(digest).lock();
+        let cur = shard.entry(digest).or_insert(slot);
+        if cur.token() < slot.token() {
+            *cur = slot;
         }
     }
 

@@ -15,7 +15,7 @@
 use crate::codec::{self, Record};
 use crate::config::{Config, Layout};
 use crate::error::{Error, Result};
-use crate::index::Slot;
+use crate::index::{Index, Slot};
 use crate::key::{Key, KeySeeds};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Bound;
@@ -58,7 +58,6 @@ pub(crate) struct Opened {
     pub(crate) next_seq: u64,
     pub(crate) seq_reserved: u64,
     pub(crate) high_water: u64,
-    pub(crate) slots: Vec<(u128, Slot)>,
 }
 
 fn layout_code(layout: Layout) -> u64 {
@@ -86,9 +85,37 @@ fn open_db(target: &Target, config: &Config) -> Result<Database> {
     })
 }
 
-/// Opens the database, checks its format, bumps the epoch (when `bump_epoch`), reserves a new
-/// block of sequence numbers durably, and scans every record into directory slots.
+/// Opens the database (see `open_unguarded`), turning a panic inside redb on a damaged file
+/// into `Error::Corrupt`.
 pub(crate) fn open(
+    index: &Index,
+    target: &Target,
+    config: &Config,
+    seeds: &KeySeeds,
+    bump_epoch: bool,
+) -> Result<Opened> {
+    guard(|| open_unguarded(index, target, config, seeds, bump_epoch))
+}
+
+/// Runs `f`, turning a panic (redb panics on some damaged files instead of returning an error)
+/// into `Error::Corrupt`.
+pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        Err(Error::Corrupt {
+            detail: format!("the storage engine failed reading the file: {what}"),
+        })
+    })
+}
+
+/// Opens the database, checks its format, bumps the epoch (when `bump_epoch`), reserves a new
+/// block of sequence numbers durably, and loads every record into the (emptied) directory.
+fn open_unguarded(
+    index: &Index,
     target: &Target,
     config: &Config,
     seeds: &KeySeeds,
@@ -96,7 +123,7 @@ pub(crate) fn open(
 ) -> Result<Opened> {
     let db = open_db(target, config)?;
     let txn = db.begin_write()?;
-    let (epoch, next_seq, seq_reserved, high_water, slots);
+    let (epoch, next_seq, seq_reserved, high_water);
     {
         let mut meta = txn.open_table(META)?;
         let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>> {
@@ -131,8 +158,7 @@ pub(crate) fn open(
         })?;
         meta.insert(M_EPOCH, e)?;
         high_water = get(&meta, M_HIGH_WATER)?.unwrap_or(0);
-        let (s, max_seq) = scan(&txn, config.layout, seeds)?;
-        slots = s;
+        let max_seq = load(&txn, config.layout, seeds, index)?;
         let reserved = get(&meta, M_SEQ)?.unwrap_or(1);
         next_seq = reserved.max(max_seq + 1);
         seq_reserved = next_seq + SEQ_BLOCK;
@@ -145,35 +171,27 @@ pub(crate) fn open(
         next_seq,
         seq_reserved,
         high_water,
-        slots,
     })
 }
 
-/// Reads every record; returns the directory slots of the newest record per key and the
-/// highest token seen.
-fn scan(
+/// Loads every record into the directory (the newest per key, should a file ever hold two)
+/// and returns the highest token seen.
+fn load(
     txn: &redb::WriteTransaction,
     layout: Layout,
     seeds: &KeySeeds,
-) -> Result<(Vec<(u128, Slot)>, u64)> {
-    let mut newest: std::collections::HashMap<u128, Slot> = Default::default();
+    index: &Index,
+) -> Result<u64> {
+    index.clear();
     let mut max_seq = 0;
     let mut add = |record: Record| {
         max_seq = max_seq.max(record.entry.token);
-        let d = record.key.digest(seeds);
-        let slot = Slot::new(&record.entry);
-        newest
-            .entry(d)
-            .and_modify(|s| {
-                if s.token() < slot.token() {
-                    *s = slot
-                }
-            })
-            .or_insert(slot);
+        index.insert_newest(record.key.digest(seeds), Slot::new(&record.entry));
     };
     match layout {
         Layout::TimeOrdered => {
             let table = txn.open_table(RECORDS)?;
+            index.reserve(usize::try_from(table.len()?).unwrap_or(0));
             for row in table.iter()? {
                 let (k, v) = row?;
                 let (expires_at, seq) = k.value();
@@ -199,7 +217,7 @@ fn scan(
             }
         }
     }
-    Ok((newest.into_iter().collect(), max_seq))
+    Ok(max_seq)
 }
 
 fn at(e: Error, expires_at: u64, seq: u64) -> Error {
@@ -357,11 +375,13 @@ pub(crate) fn read(
     key: &Key,
     slot: &Slot,
 ) -> Result<Option<Record>> {
-    let txn = db.begin_read()?;
-    match layout {
-        Layout::TimeOrdered => read_time(&txn.open_table(RECORDS)?, key, slot),
-        Layout::KeyOrdered => read_key(&txn.open_table(BY_KEY)?, key, slot),
-    }
+    guard(|| {
+        let txn = db.begin_read()?;
+        match layout {
+            Layout::TimeOrdered => read_time(&txn.open_table(RECORDS)?, key, slot),
+            Layout::KeyOrdered => read_key(&txn.open_table(BY_KEY)?, key, slot),
+        }
+    })
 }
 
 /// Up to `limit` records of the time-ordered table from `from` (inclusive) to records

@@ -118,10 +118,8 @@ impl Store {
 
     pub(crate) fn open_with(config: Config, target: Target) -> Result<Store> {
         let seeds = KeySeeds::new();
-        let opened = storage::open(&target, &config, &seeds, true)?;
         let index = Index::new();
-        index.reserve(opened.slots.len());
-        index.replace_all(opened.slots.iter().copied());
+        let opened = storage::open(&index, &target, &config, &seeds, true)?;
         let shared = Arc::new(Shared {
             time: StoreTime::new(config.clock.clone(), opened.high_water),
             seeds,

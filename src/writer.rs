@@ -204,6 +204,29 @@ impl Writer {
         if self.unsynced_since.is_some() {
             self.sync();
         }
+        self.persist_high_water();
+    }
+
+    /// On shutdown, persists the highest time used (a `get` may have answered "expired" at a
+    /// time no commit recorded), so a clock stepping back across a restart resurrects nothing.
+    fn persist_high_water(&mut self) {
+        let now = self.shared.time.now();
+        if now <= self.high_water_persisted || self.shared.poison_reason().is_some() {
+            return;
+        }
+        let Some(db) = self.shared.database() else {
+            return;
+        };
+        let result = db.begin_write().map_err(Error::from).and_then(|txn| {
+            storage::put_meta(&txn, &[(storage::M_HIGH_WATER, now)])?;
+            storage::commit(txn, &self.shared.config, true)
+        });
+        match result {
+            Ok(()) => self.high_water_persisted = now,
+            Err(e) => {
+                eprintln!("idemstore: persisting the clock high-water mark at close failed: {e}")
+            }
+        }
     }
 
     fn process(&mut self, batch: &mut Vec<Op>) {
@@ -218,7 +241,8 @@ impl Writer {
         let durable =
             self.max_delay().is_none() || batch.iter().any(|op| matches!(op, Op::Flush { .. }));
         let mut done = Vec::with_capacity(batch.len());
-        let result = self.build_and_commit(batch, &mut done, durable);
+        // A panic inside redb (it panics on some damaged pages) fails the batch like an I/O error.
+        let result = storage::guard(|| self.build_and_commit(batch, &mut done, durable));
         match result {
             Ok(overlay) => {
                 let shared = &self.shared;
@@ -380,9 +404,14 @@ impl Writer {
         self.unsynced_since = None;
         let mut last = None;
         for attempt in 0..50 {
-            match storage::open(&shared.target, &shared.config, &shared.seeds, false) {
+            match storage::open(
+                &shared.index,
+                &shared.target,
+                &shared.config,
+                &shared.seeds,
+                false,
+            ) {
                 Ok(opened) => {
-                    shared.index.replace_all(opened.slots.iter().copied());
                     self.next_seq = opened.next_seq;
                     self.seq_reserved = opened.seq_reserved;
                     self.high_water_persisted = opened.high_water;

@@ -1,0 +1,487 @@
+//! Every bad input gets its typed error, and nothing panics: keys, responses, configuration,
+//! files that are held, damaged, or written by a newer format.
+
+use idemstore::{ClaimOutcome, Durability, Error, Key, Lease, RecordInfo, Response, Store};
+use redb::{ReadableTable, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("idemstore_meta");
+const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("idemstore_records");
+
+fn temp() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("idem.redb");
+    (dir, path)
+}
+
+fn acquired(outcome: ClaimOutcome) -> Lease {
+    match outcome {
+        ClaimOutcome::Acquired(lease) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+/// Display is a sentence, not empty and not the Debug form.
+fn assert_explained(e: &Error) {
+    let msg = e.to_string();
+    assert!(!msg.trim().is_empty(), "{e:?}");
+    assert_ne!(msg, format!("{e:?}"));
+}
+
+mod keys {
+    use super::*;
+
+    #[test]
+    fn empty_key_is_refused_by_every_operation() {
+        let (_dir, path) = temp();
+        let store = Store::open(&path).unwrap();
+        // The scope does not count: a key needs bytes of its own.
+        for key in [Key::unscoped(""), Key::new("tenant-42", "")] {
+            assert!(matches!(store.claim(&key, None), Err(Error::EmptyKey)));
+            assert!(matches!(
+                store.claim_with_ttl(&key, None, Duration::from_secs(1)),
+                Err(Error::EmptyKey)
+            ));
+            assert!(matches!(store.get(&key), Err(Error::EmptyKey)));
+            assert!(matches!(store.expire(&key), Err(Error::EmptyKey)));
+            assert_explained(&store.claim(&key, None).unwrap_err());
+        }
+        // An empty scope is fine.
+        acquired(store.claim(&Key::unscoped("k"), None).unwrap());
+        assert_eq!(store.stats().claims_acquired, 1);
+    }
+
+    #[test]
+    fn key_length_counts_scope_plus_key() {
+        let (_dir, path) = temp();
+        let store = Store::open(&path).unwrap();
+        let scope = "tenant-42"; // 9 bytes; the default maximum is 255
+        let too_long = Key::new(scope, "k".repeat(247));
+        for r in [
+            store.claim(&too_long, None).map(drop),
+            store.get(&too_long).map(drop),
+            store.expire(&too_long).map(drop),
+        ] {
+            assert!(
+                matches!(r, Err(Error::KeyTooLong { len: 256, max: 255 })),
+                "{r:?}"
+            );
+        }
+        assert_explained(&store.claim(&too_long, None).unwrap_err());
+
+        let longest = Key::new(scope, "k".repeat(246));
+        assert_eq!(longest.len(), 255);
+        let lease = acquired(store.claim(&longest, None).unwrap());
+        store.complete(&lease, Response::new(201)).unwrap();
+        assert!(matches!(
+            store.claim(&longest, None).unwrap(),
+            ClaimOutcome::Replay(_)
+        ));
+    }
+
+    #[test]
+    fn configured_maximum_key_length() {
+        let (_dir, path) = temp();
+        let store = Store::builder().max_key_len(16).open(&path).unwrap();
+        assert!(matches!(
+            store.claim(&Key::new("abcdef", "0123456789X"), None),
+            Err(Error::KeyTooLong { len: 17, max: 16 })
+        ));
+        assert!(matches!(
+            store.claim(&Key::unscoped("0123456789abcdefX"), None),
+            Err(Error::KeyTooLong { len: 17, max: 16 })
+        ));
+        acquired(
+            store
+                .claim(&Key::new("abcdef", "0123456789"), None)
+                .unwrap(),
+        );
+        acquired(
+            store
+                .claim(&Key::unscoped("0123456789abcdef"), None)
+                .unwrap(),
+        );
+    }
+
+    #[test]
+    fn binary_keys_are_accepted_and_round_trip() {
+        let (_dir, path) = temp();
+        let key = Key::new([0u8, 0xff, 0], [0xffu8, 0, b'\n', 0x7f, 0xfe, 0]);
+        let response = Response::new(200)
+            .header("x-bin", [0u8, 0xff])
+            .body([0u8, 0xff, 0]);
+        {
+            let store = Store::open(&path).unwrap();
+            let lease = acquired(store.claim(&key, None).unwrap());
+            assert_eq!(lease.key(), &key);
+            store.complete(&lease, response.clone()).unwrap();
+            // Neighbours of the binary key are other keys, and the scope/key boundary counts.
+            for other in [
+                Key::new([0u8, 0xff], [0u8, 0xff, 0, b'\n', 0x7f, 0xfe, 0]),
+                Key::new([0u8, 0xff, 0], [0xffu8, 0, b'\n', 0x7f, 0xfe]),
+                Key::unscoped([0u8, 0xff, 0, 0xff, 0, b'\n', 0x7f, 0xfe, 0]),
+            ] {
+                assert_ne!(other, key);
+                acquired(store.claim(&other, None).unwrap());
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        match store.claim(&key, None).unwrap() {
+            ClaimOutcome::Replay(replay) => assert_eq!(replay.response, response),
+            other => panic!("expected Replay, got {other:?}"),
+        }
+    }
+}
+
+mod responses {
+    use super::*;
+
+    #[test]
+    fn too_large_response_is_refused_and_nothing_stored() {
+        let (_dir, path) = temp();
+        let store = Store::builder()
+            .max_response_size(1024)
+            .open(&path)
+            .unwrap();
+        let key = Key::new("tenant-42", "big-report");
+        let lease = acquired(store.claim(&key, None).unwrap());
+
+        let big_body = Response::new(200).body(vec![7u8; 1024]);
+        let big_headers = Response::new(200).header("x-blob", vec![b'h'; 1000]);
+        for big in [big_body, big_headers] {
+            let r = store.complete(&lease, big);
+            assert!(
+                matches!(r, Err(Error::ResponseTooLarge { size, max: 1024 }) if size > 1024),
+                "{r:?}"
+            );
+            assert_explained(&r.unwrap_err());
+        }
+        // Nothing stored: still in flight, for the owner and for everyone else.
+        assert!(matches!(
+            store.get(&key).unwrap(),
+            Some(RecordInfo::InFlight { attempt: 1, .. })
+        ));
+        assert!(matches!(
+            store.claim(&key, None).unwrap(),
+            ClaimOutcome::InFlight { .. }
+        ));
+        assert_eq!(store.stats().completes, 0);
+
+        // The owner can still store a result that fits.
+        let small = Response::new(200).body(vec![7u8; 900]);
+        store.complete(&lease, small.clone()).unwrap();
+        match store.claim(&key, None).unwrap() {
+            ClaimOutcome::Replay(replay) => assert_eq!(replay.response, small),
+            other => panic!("expected Replay, got {other:?}"),
+        }
+    }
+}
+
+mod config {
+    use super::*;
+    use idemstore::Builder;
+
+    const SEC: Duration = Duration::from_secs(1);
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    fn bounded(max_delay: Duration) -> Durability {
+        Durability::Bounded { max_delay }
+    }
+
+    #[test]
+    fn every_out_of_range_setting_is_invalid_config() {
+        let (_dir, path) = temp();
+        let b = Store::builder;
+        let cases: Vec<(&str, Builder, &str)> = vec![
+            ("ttl zero", b().ttl(Duration::ZERO), "ttl"),
+            ("ttl above default max_ttl", b().ttl(WEEK + SEC), "max_ttl"),
+            (
+                "ttl above max_ttl",
+                b().max_ttl(5 * SEC).ttl(10 * SEC),
+                "max_ttl",
+            ),
+            ("lease zero", b().lease(Duration::ZERO), "lease"),
+            (
+                "lease above ttl",
+                b().ttl(10 * SEC).lease(11 * SEC),
+                "lease",
+            ),
+            (
+                "bounded zero",
+                b().durability(bounded(Duration::ZERO)),
+                "max_delay",
+            ),
+            (
+                "bounded above 60 s",
+                b().durability(bounded(61 * SEC)),
+                "max_delay",
+            ),
+            ("max_key_len zero", b().max_key_len(0), "max_key_len"),
+            (
+                "max_key_len above 64 KiB",
+                b().max_key_len(65_537),
+                "max_key_len",
+            ),
+            (
+                "max_response_size zero",
+                b().max_response_size(0),
+                "max_response_size",
+            ),
+            (
+                "max_response_size above 256 MiB",
+                b().max_response_size((256 << 20) + 1),
+                "max_response_size",
+            ),
+            ("max_batch zero", b().max_batch(0), "max_batch"),
+            (
+                "queue_capacity zero",
+                b().queue_capacity(0),
+                "queue_capacity",
+            ),
+        ];
+        for (what, builder, names) in cases {
+            match builder.open(&path) {
+                Err(e @ Error::InvalidConfig(_)) => {
+                    assert!(e.to_string().contains(names), "{what}: {e}");
+                    assert_explained(&e);
+                }
+                other => panic!("{what}: expected InvalidConfig, got {other:?}"),
+            }
+            assert!(
+                !path.exists(),
+                "{what}: an invalid configuration touched the disk"
+            );
+        }
+    }
+
+    #[test]
+    fn the_limits_themselves_are_accepted() {
+        let cases: Vec<(&str, Builder)> = vec![
+            ("ttl = max_ttl", Store::builder().ttl(WEEK)),
+            (
+                "lease = ttl",
+                Store::builder().ttl(10 * SEC).lease(10 * SEC),
+            ),
+            (
+                "bounded 60 s",
+                Store::builder().durability(bounded(60 * SEC)),
+            ),
+            ("max_key_len 64 KiB", Store::builder().max_key_len(65_536)),
+            ("max_key_len 1", Store::builder().max_key_len(1)),
+            (
+                "max_response_size 256 MiB",
+                Store::builder().max_response_size(256 << 20),
+            ),
+            (
+                "max_batch 1",
+                Store::builder().max_batch(1).queue_capacity(1),
+            ),
+        ];
+        for (what, builder) in cases {
+            let (_dir, path) = temp();
+            let store = builder
+                .open(&path)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            acquired(store.claim(&Key::unscoped("k"), None).unwrap());
+        }
+    }
+}
+
+mod files {
+    use super::*;
+
+    #[test]
+    fn a_file_open_in_a_store_cannot_be_opened_again() {
+        let (_dir, path) = temp();
+        let first = Store::open(&path).unwrap();
+        let second = Store::open(&path);
+        assert!(matches!(second, Err(Error::AlreadyOpen)), "{second:?}");
+        assert_explained(&second.unwrap_err());
+        // The first store is unaffected.
+        acquired(first.claim(&Key::unscoped("k"), None).unwrap());
+        drop(first);
+        let again = Store::open(&path).unwrap();
+        assert!(again.get(&Key::unscoped("k")).unwrap().is_some());
+    }
+
+    fn splitmix(state: &mut u64) -> u8 {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) as u8
+    }
+
+    /// A file of garbage bytes is an error, not a panic. Today (redb 4.6) every size gives
+    /// `Error::Storage(redb::Error::Io(InvalidData "Not a redb database: magic number
+    /// mismatch"))`: redb checks the magic number before anything else and reports it as an
+    /// I/O error. `Error::Corrupt` would be as acceptable, should the engine map it so.
+    #[test]
+    fn a_file_of_garbage_is_an_error() {
+        let mut state = 0x6a7ba6e;
+        for len in [1usize, 10, 4096, 65_536] {
+            let (_dir, path) = temp();
+            let garbage: Vec<u8> = (0..len).map(|_| splitmix(&mut state)).collect();
+            std::fs::write(&path, &garbage).unwrap();
+            match Store::open(&path) {
+                Err(e @ (Error::Corrupt { .. } | Error::Storage(_))) => {
+                    eprintln!("{len} bytes of garbage: {e:?}");
+                    assert_explained(&e);
+                }
+                other => panic!("{len} bytes of garbage: expected Corrupt, got {other:?}"),
+            }
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                garbage,
+                "the file was changed"
+            );
+        }
+    }
+
+    /// Creates a store with one completed and one in-flight key, then closes it.
+    fn populated() -> (tempfile::TempDir, PathBuf) {
+        let (dir, path) = temp();
+        let store = Store::open(&path).unwrap();
+        let lease = acquired(store.claim(&Key::unscoped("done"), None).unwrap());
+        store
+            .complete(&lease, Response::new(201).body("result"))
+            .unwrap();
+        acquired(store.claim(&Key::unscoped("running"), None).unwrap());
+        store.close().unwrap();
+        (dir, path)
+    }
+
+    fn with_redb(path: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
+        let db = redb::Database::create(path).expect("redb open");
+        let txn = db.begin_write().expect("begin");
+        f(&txn);
+        txn.commit().expect("commit");
+    }
+
+    #[test]
+    fn a_newer_format_version_is_unsupported() {
+        let (_dir, path) = populated();
+        with_redb(&path, |txn| {
+            let mut meta = txn.open_table(META).unwrap();
+            assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 1);
+            meta.insert("format_version", 99).unwrap();
+        });
+        let r = Store::open(&path);
+        assert!(
+            matches!(
+                r,
+                Err(Error::UnsupportedFormat {
+                    found: 99,
+                    supported: 1
+                })
+            ),
+            "{r:?}"
+        );
+        assert_explained(&r.unwrap_err());
+    }
+
+    #[test]
+    fn a_corrupted_record_is_corrupt() {
+        let (_dir, good) = populated();
+        let valid = {
+            let db = redb::Database::create(&good).unwrap();
+            let txn = db.begin_write().unwrap();
+            let table = txn.open_table(RECORDS).unwrap();
+            let (_, v) = table.first().unwrap().expect("a record");
+            v.value().to_vec()
+        };
+        let garbage: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("junk", b"\xde\xad\xbe\xef not a record".to_vec()),
+            ("unknown record version", [&[7u8][..], &valid[1..]].concat()),
+            ("truncated", valid[..valid.len() / 2].to_vec()),
+            ("trailing bytes", [&valid[..], &[0u8, 1, 2][..]].concat()),
+            ("huge length prefix", vec![1, 252, 255, 255, 255, 255, 0, 0]),
+        ];
+        for (what, bytes) in garbage {
+            let (_dir, path) = populated();
+            with_redb(&path, |txn| {
+                let mut records = txn.open_table(RECORDS).unwrap();
+                let positions: Vec<(u64, u64)> = records
+                    .iter()
+                    .unwrap()
+                    .map(|row| row.unwrap().0.value())
+                    .collect();
+                assert_eq!(positions.len(), 2);
+                records.insert(positions[0], bytes.as_slice()).unwrap();
+            });
+            match Store::open(&path) {
+                Err(e @ Error::Corrupt { .. }) => assert_explained(&e),
+                other => panic!("{what}: expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+}
+
+mod errors {
+    use super::*;
+    use std::error::Error as _;
+    use std::sync::Arc;
+
+    #[test]
+    fn errors_are_send_sync_static() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<Error>();
+    }
+
+    #[test]
+    fn messages_are_sentences_and_sources_chain() {
+        let io = || std::io::Error::other("disk on fire");
+        let leaves = [
+            Error::EmptyKey,
+            Error::KeyTooLong { len: 300, max: 255 },
+            Error::ResponseTooLarge { size: 2, max: 1 },
+            Error::InvalidTtl {
+                requested: Duration::ZERO,
+                max: Duration::from_secs(1),
+            },
+            Error::InvalidConfig("lease".into()),
+            Error::StaleLease { token: 7 },
+            Error::Poisoned {
+                reason: "fsync failed".into(),
+            },
+            Error::Closed,
+            Error::AlreadyOpen,
+            Error::UnsupportedFormat {
+                found: 99,
+                supported: 1,
+            },
+            Error::Corrupt {
+                detail: "bad".into(),
+            },
+        ];
+        for e in &leaves {
+            assert_explained(e);
+            assert!(e.source().is_none(), "{e:?}");
+            assert!(!e.is_retryable(), "{e:?}");
+        }
+
+        let e = Error::Io(io());
+        assert_explained(&e);
+        assert_eq!(e.source().unwrap().to_string(), "disk on fire");
+
+        let e = Error::Storage(redb::Error::Io(io()));
+        assert_explained(&e);
+        assert!(e.to_string().contains("disk on fire"), "{e}");
+        assert!(e.source().unwrap().is::<redb::Error>());
+
+        let e = Error::OutcomeUnknown {
+            source: Arc::new(Error::Storage(redb::Error::Io(io()))),
+        };
+        assert_explained(&e);
+        assert!(e.is_retryable());
+        assert!(e.to_string().contains("disk on fire"), "{e}");
+        let inner = e.source().expect("the failure behind it");
+        assert!(matches!(
+            inner.downcast_ref::<Error>(),
+            Some(Error::Storage(_))
+        ));
+        assert!(inner.source().unwrap().is::<redb::Error>());
+    }
+}

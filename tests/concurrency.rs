@@ -1,0 +1,205 @@
+//! Many threads claiming overlapping keys: exactly one execution per key, every other answer a
+//! conflict or a replay of the winner's result, and counters that agree with what was seen.
+
+use idemstore::{ClaimOutcome, Fingerprint, Key, ManualClock, Response, Store};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Barrier, Mutex};
+
+const THREADS: usize = 64;
+
+/// splitmix64: a tiny deterministic generator, enough to shuffle.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// `0..n` in a shuffled order (Fisher-Yates).
+    fn shuffled(&mut self, n: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+        v
+    }
+}
+
+fn key(k: usize) -> Key {
+    Key::new("tenant-42", format!("op-{k:04}"))
+}
+
+fn fingerprint(k: usize) -> Fingerprint {
+    Fingerprint::of_request("POST", &format!("/v1/ops/{k}"), b"{}")
+}
+
+/// The winner's result encodes the key (and who won), so a replay of another key's result or
+/// of a lost write shows.
+fn response(k: usize, thread: usize) -> Response {
+    Response::new(201)
+        .header("x-key", k.to_string())
+        .header("x-winner", thread.to_string())
+        .body(format!("result of op-{k:04}\0\u{ff}").into_bytes())
+}
+
+/// What the threads saw.
+struct Seen {
+    /// Acquisitions per key.
+    acquired: Vec<AtomicU64>,
+    /// The winning thread per key, plus one (0: none yet).
+    winner: Vec<AtomicU64>,
+    tokens: Mutex<Vec<u64>>,
+    in_flight: AtomicU64,
+    replays: AtomicU64,
+}
+
+impl Seen {
+    fn new(keys: usize) -> Self {
+        Seen {
+            acquired: (0..keys).map(|_| AtomicU64::new(0)).collect(),
+            winner: (0..keys).map(|_| AtomicU64::new(0)).collect(),
+            tokens: Mutex::new(Vec::new()),
+            in_flight: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One claim by `thread` of key `k`; the winner completes at once.
+fn claim_once(store: &Store, seen: &Seen, thread: usize, k: usize) {
+    match store.claim(&key(k), Some(fingerprint(k))) {
+        Ok(ClaimOutcome::Acquired(lease)) => {
+            assert_eq!(lease.attempt(), 1);
+            assert!(!lease.is_takeover());
+            seen.acquired[k].fetch_add(1, Relaxed);
+            seen.winner[k].store(thread as u64 + 1, Relaxed);
+            seen.tokens.lock().unwrap().push(lease.token());
+            store
+                .complete(&lease, response(k, thread))
+                .expect("the winner completes");
+        }
+        Ok(ClaimOutcome::InFlight {
+            retry_after,
+            attempt,
+        }) => {
+            assert_eq!(attempt, 1);
+            assert!(retry_after <= std::time::Duration::from_secs(60));
+            seen.in_flight.fetch_add(1, Relaxed);
+        }
+        Ok(ClaimOutcome::Replay(replay)) => {
+            assert_eq!(
+                replay.response.header_value("x-key"),
+                Some(k.to_string().as_bytes())
+            );
+            assert_eq!(
+                replay.response.body,
+                format!("result of op-{k:04}\0\u{ff}").into_bytes()
+            );
+            seen.replays.fetch_add(1, Relaxed);
+        }
+        Ok(ClaimOutcome::Mismatch) => panic!("key {k}: mismatch with its own fingerprint"),
+        Err(e) => panic!("key {k}: {e}"),
+    }
+}
+
+/// Runs `THREADS` threads; thread `t` claims the keys in `orders[t]`.
+fn run(keys: usize, orders: Vec<Vec<usize>>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(
+        Store::builder()
+            // Time stands still: no lease ends, no takeover, no expiry.
+            .clock(ManualClock::new(1_741_953_600_000))
+            .open(dir.path().join("idem.redb"))
+            .expect("open"),
+    );
+    let seen = Arc::new(Seen::new(keys));
+    let start = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = orders
+        .into_iter()
+        .enumerate()
+        .map(|(t, order)| {
+            let (store, seen, start) = (store.clone(), seen.clone(), start.clone());
+            std::thread::Builder::new()
+                .name(format!("client-{t}"))
+                .spawn(move || {
+                    start.wait();
+                    for k in order {
+                        claim_once(&store, &seen, t, k);
+                    }
+                })
+                .expect("spawn")
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a client thread failed");
+    }
+
+    // Exactly one execution per key.
+    for (k, n) in seen.acquired.iter().enumerate() {
+        assert_eq!(n.load(Relaxed), 1, "key {k} acquired {n:?} times");
+    }
+    let mut tokens = seen.tokens.lock().unwrap().clone();
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), keys, "fencing tokens are unique");
+
+    // The counters agree with what the threads saw.
+    let s = store.stats();
+    let (in_flight, replays) = (seen.in_flight.load(Relaxed), seen.replays.load(Relaxed));
+    eprintln!(
+        "{keys} keys: {in_flight} in flight, {replays} replays, {} batches for {} operations",
+        s.batches_committed, s.batched_ops
+    );
+    assert_eq!(s.claims_acquired, keys as u64);
+    assert_eq!(s.takeovers, 0);
+    assert_eq!(s.completes, keys as u64);
+    assert_eq!(s.in_flight_conflicts, in_flight);
+    assert_eq!(s.replays, replays);
+    assert_eq!(s.mismatches, 0);
+    assert_eq!(s.stale_token_rejections, 0);
+    assert_eq!(s.failed_commits, 0);
+    assert_eq!(s.live_keys, keys as u64);
+    assert!(s.batches_committed > 0 && s.batches_committed <= s.batched_ops);
+
+    // Every later claim replays the winner's result.
+    for k in 0..keys {
+        let winner = seen.winner[k].load(Relaxed) as usize - 1;
+        for fp in [Some(fingerprint(k)), None] {
+            match store.claim(&key(k), fp).expect("claim") {
+                ClaimOutcome::Replay(replay) => {
+                    assert_eq!(replay.response, response(k, winner));
+                    assert_eq!(replay.attempt, 1);
+                }
+                other => panic!("key {k}: expected a replay, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(store.stats().replays, replays + 2 * keys as u64);
+}
+
+#[test]
+fn threads_walking_a_thousand_shared_keys() {
+    const KEYS: usize = 1_000;
+    let orders = (0..THREADS)
+        .map(|t| SplitMix(0x1de5_7012 + t as u64).shuffled(KEYS))
+        .collect();
+    run(KEYS, orders);
+}
+
+#[test]
+fn threads_hammering_eight_hot_keys() {
+    const KEYS: usize = 8;
+    const PASSES: usize = 40;
+    let orders = (0..THREADS)
+        .map(|t| {
+            let mut rng = SplitMix(0x40_7cee + t as u64);
+            (0..PASSES).flat_map(|_| rng.shuffled(KEYS)).collect()
+        })
+        .collect();
+    run(KEYS, orders);
+}
