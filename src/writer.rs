@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 
 pub(crate) type Reply<T> = Sender<Result<T>>;
 
+/// A batch's directory changes, published after its commit (`None`: the key is gone).
+type Overlay =
+    HashMap<u128, Option<Slot>, std::hash::BuildHasherDefault<crate::index::DigestHasher>>;
+
 /// One queued operation.
 pub(crate) enum Op {
     Claim {
@@ -296,7 +300,7 @@ impl Writer {
         batch: &mut Vec<Op>,
         done: &mut Vec<Done>,
         durable: bool,
-    ) -> Result<HashMap<u128, Option<Slot>>> {
+    ) -> Result<Overlay> {
         let shared = Arc::clone(&self.shared);
         let db = shared.database().ok_or(Error::Closed)?;
         let now = shared.time.now();
@@ -305,7 +309,7 @@ impl Writer {
         let mut b = BatchCtx {
             shared: &shared,
             tables: Tables::open(&txn, shared.config.layout)?,
-            overlay: HashMap::with_capacity(batch.len()),
+            overlay: Overlay::with_capacity_and_hasher(batch.len(), Default::default()),
             rules: shared.rules(now),
         };
         batch.reverse();
@@ -463,7 +467,7 @@ pub(crate) fn replay_of(record: codec::Record) -> Result<ClaimOutcome> {
 struct BatchCtx<'a, 't> {
     shared: &'a Shared,
     tables: Tables<'t>,
-    overlay: HashMap<u128, Option<Slot>>,
+    overlay: Overlay,
     rules: Rules,
 }
 
