@@ -103,6 +103,7 @@ mod error;
 mod index;
 mod key;
 mod machine;
+mod oneshot;
 mod outcome;
 #[cfg(feature = "test-util")]
 pub mod sim_disk;

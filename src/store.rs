@@ -209,9 +209,9 @@ impl Store {
     /// Sends an operation to the writer and waits for its answer.
     fn call<T>(&self, make: impl FnOnce(writer::Reply<T>) -> Op) -> Result<T> {
         let tx = self.tx.as_ref().ok_or(Error::Closed)?;
-        let (reply, answer) = crossbeam_channel::bounded(1);
+        let (reply, answer) = crate::oneshot::oneshot();
         tx.send(make(reply)).map_err(|_| Error::Closed)?;
-        answer.recv().map_err(|_| Error::Closed)?
+        answer.wait()
     }
 
     /// Claims `key` for a request, with the store's default lifetime.

@@ -153,11 +153,11 @@ impl Sweep {
                 .collect();
             if let Some(oldest) = due.iter().map(|d| d.expires_at).min() {
                 self.lag_ms.store(now.saturating_sub(oldest), Relaxed);
-                let (reply, answer) = crossbeam_channel::bounded(1);
+                let (reply, answer) = crate::oneshot::oneshot();
                 writer
                     .send(Op::Sweep { due, reply })
                     .map_err(|_| Error::Closed)?;
-                let n = answer.recv().map_err(|_| Error::Closed)??;
+                let n = answer.wait()?;
                 reclaimed += n;
                 self.expired.fetch_add(n, Relaxed);
             }

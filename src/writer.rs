@@ -21,12 +21,12 @@ use crate::storage::{self, Opened, Tables};
 use crate::store::Shared;
 use crate::sweeper::Due;
 use crate::{clock, codec};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(crate) type Reply<T> = Sender<Result<T>>;
+pub(crate) use crate::oneshot::Reply;
 
 /// A batch's directory changes, published after its commit (`None`: the key is gone).
 type Overlay =
@@ -95,23 +95,22 @@ impl Done {
 
     /// Answers the caller.
     fn send(self) {
-        // A caller that gave up waiting is not an error: ignore failed sends.
         match self {
-            Done::Claim(r, v) => drop(r.send(v)),
-            Done::Owner(r, _, v) => drop(r.send(v)),
-            Done::Expire(r, v) => drop(r.send(v)),
-            Done::Flush(r) => drop(r.send(Ok(()))),
-            Done::Sweep(r, v) => drop(r.send(v)),
+            Done::Claim(r, v) => r.send(v),
+            Done::Owner(r, _, v) => r.send(v),
+            Done::Expire(r, v) => r.send(v),
+            Done::Flush(r) => r.send(Ok(())),
+            Done::Sweep(r, v) => r.send(v),
         }
     }
 
     fn fail(self, err: impl Fn() -> Error) {
         match self {
-            Done::Claim(r, _) => drop(r.send(Err(err()))),
-            Done::Owner(r, _, _) => drop(r.send(Err(err()))),
-            Done::Expire(r, _) => drop(r.send(Err(err()))),
-            Done::Flush(r) => drop(r.send(Err(err()))),
-            Done::Sweep(r, _) => drop(r.send(Err(err()))),
+            Done::Claim(r, _) => r.send(Err(err())),
+            Done::Owner(r, _, _) => r.send(Err(err())),
+            Done::Expire(r, _) => r.send(Err(err())),
+            Done::Flush(r) => r.send(Err(err())),
+            Done::Sweep(r, _) => r.send(Err(err())),
         }
     }
 }
