@@ -65,6 +65,48 @@ pub(crate) fn encode(key: &Key, entry: &Entry, response: Option<&Response>) -> V
 
 /// Decodes a record; every malformed input is `Error::Corrupt`.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Record> {
+    let body = checked_body(bytes)?;
+    let (record, used): (Record, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| Error::Corrupt {
+            detail: format!("record does not decode: {e}"),
+        })?;
+    if used != body.len() {
+        return Err(Error::Corrupt {
+            detail: format!("record has {} trailing bytes", body.len() - used),
+        });
+    }
+    Ok(record)
+}
+
+/// A record's key, borrowed from the record bytes. Hashes exactly like [`Key`] (same fields,
+/// same order, slices hash like vectors), so its digest is the key's digest.
+#[derive(Debug, Hash, Deserialize)]
+pub(crate) struct KeyRef<'a> {
+    #[serde(borrow)]
+    scope: &'a [u8],
+    #[serde(borrow)]
+    key: &'a [u8],
+}
+
+/// What opening the store needs from a record: its key and entry, decoded without copying
+/// (and without touching the response). Checksum-verified like [`decode`].
+pub(crate) fn decode_head(bytes: &[u8]) -> Result<(KeyRef<'_>, Entry)> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        key: KeyRef<'a>,
+        entry: Entry,
+    }
+    let body = checked_body(bytes)?;
+    let (head, _): (Head<'_>, usize) = bincode::serde::borrow_decode_from_slice(body, config())
+        .map_err(|e| Error::Corrupt {
+            detail: format!("record does not decode: {e}"),
+        })?;
+    Ok((head.key, head.entry))
+}
+
+/// The bincode body of a record after checking its version byte and checksum.
+fn checked_body(bytes: &[u8]) -> Result<&[u8]> {
     let corrupt = |detail: String| Error::Corrupt { detail };
     match bytes.first() {
         None => Err(corrupt("empty record".into())),
@@ -75,15 +117,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Record> {
             if u64::from_le_bytes(*sum) != xxhash_rust::xxh3::xxh3_64(body) {
                 return Err(corrupt("record checksum mismatch".into()));
             }
-            let (record, used): (Record, usize) = bincode::serde::decode_from_slice(body, config())
-                .map_err(|e| corrupt(format!("record does not decode: {e}")))?;
-            if used != body.len() {
-                return Err(corrupt(format!(
-                    "record has {} trailing bytes",
-                    body.len() - used
-                )));
-            }
-            Ok(record)
+            Ok(body)
         }
         Some(v) => Err(corrupt(format!("unknown record version {v}"))),
     }
@@ -129,6 +163,19 @@ mod tests {
         let bytes = encode(&r.key, &r.entry, r.response.as_ref());
         assert_eq!(bytes[0], RECORD_V1);
         assert_eq!(decode(&bytes).unwrap(), r);
+    }
+
+    #[test]
+    fn head_decodes_without_copying_and_digests_like_the_key() {
+        let r = sample();
+        let bytes = encode(&r.key, &r.entry, r.response.as_ref());
+        let (key, entry) = decode_head(&bytes).unwrap();
+        assert_eq!(entry, r.entry);
+        let seeds = crate::key::KeySeeds::new();
+        assert_eq!(seeds.digest(&key), r.key.digest(&seeds));
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(decode_head(&flipped), Err(Error::Corrupt { .. })));
     }
 
     #[test]

@@ -62,9 +62,7 @@ impl Key {
     /// The in-memory directory's 128-bit identity of this key: two independently seeded SipHash
     /// values of the scope and key (the derived `Hash` prefixes each with its length).
     pub(crate) fn digest(&self, seeds: &KeySeeds) -> u128 {
-        let lo = seeds.0.hash_one(self);
-        let hi = seeds.1.hash_one(self);
-        (u128::from(hi) << 64) | u128::from(lo)
+        seeds.digest(self)
     }
 }
 
@@ -89,6 +87,14 @@ pub(crate) struct KeySeeds(
 impl KeySeeds {
     pub(crate) fn new() -> Self {
         KeySeeds(Default::default(), Default::default())
+    }
+
+    /// The digest of anything that hashes like a [`Key`] (a `Key`, or a borrowed view of one
+    /// with the same fields in the same order).
+    pub(crate) fn digest(&self, key: &impl std::hash::Hash) -> u128 {
+        let lo = self.0.hash_one(key);
+        let hi = self.1.hash_one(key);
+        (u128::from(hi) << 64) | u128::from(lo)
     }
 }
 

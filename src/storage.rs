@@ -19,7 +19,7 @@ use crate::index::{Index, Slot};
 use crate::key::{Key, KeySeeds};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Bound;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("idemstore_meta");
@@ -67,14 +67,15 @@ fn layout_code(layout: Layout) -> u64 {
     }
 }
 
-fn open_db(target: &Target, config: &Config) -> Result<Database> {
+fn open_db(target: &Target, creating_at: Option<&Path>, config: &Config) -> Result<Database> {
     let mut builder = Database::builder();
     if let Some(bytes) = config.cache_size {
         builder.set_cache_size(bytes);
     }
-    let db = match target {
-        Target::Path(p) => builder.create(p),
-        Target::Backend(factory) => builder.create_with_backend(DynBackend(factory())),
+    let db = match (target, creating_at) {
+        (_, Some(tmp)) => builder.create(tmp),
+        (Target::Path(p), None) => builder.create(p),
+        (Target::Backend(factory), None) => builder.create_with_backend(DynBackend(factory())),
     };
     db.map_err(|e| match e {
         redb::DatabaseError::UpgradeRequired(v) => Error::UnsupportedFormat {
@@ -83,6 +84,79 @@ fn open_db(target: &Target, config: &Config) -> Result<Database> {
         },
         other => Error::from(other),
     })
+}
+
+/// A store file being created: redb writes a new file in several steps (size, header, sync,
+/// magic number), and a file left half-written by a failure or a crash is refused by every
+/// later open ("not a redb database"). So a new file is created under a temporary name and
+/// renamed into place after its first durable commit; a new backend is emptied again if its
+/// creation fails.
+enum Creation {
+    /// The file exists: a plain open.
+    Existing,
+    /// A new file at `path`, built at `tmp` first.
+    NewFile { tmp: PathBuf, path: PathBuf },
+    /// An empty custom backend.
+    NewBackend,
+}
+
+impl Creation {
+    fn of(target: &Target) -> Result<Creation> {
+        Ok(match target {
+            Target::Path(p) if !p.exists() => {
+                let mut name = p.file_name().unwrap_or_default().to_os_string();
+                name.push(".creating");
+                let tmp = p.with_file_name(name);
+                // A leftover of a creation that crashed.
+                let _ = std::fs::remove_file(&tmp);
+                Creation::NewFile {
+                    tmp,
+                    path: p.clone(),
+                }
+            }
+            Target::Path(_) => Creation::Existing,
+            Target::Backend(factory) => {
+                let empty = factory().len().map_err(Error::Io)? == 0;
+                if empty {
+                    Creation::NewBackend
+                } else {
+                    Creation::Existing
+                }
+            }
+        })
+    }
+
+    fn tmp(&self) -> Option<&Path> {
+        match self {
+            Creation::NewFile { tmp, .. } => Some(tmp),
+            _ => None,
+        }
+    }
+
+    /// After the first durable commit: moves a new file into place.
+    fn finish(&self) -> Result<()> {
+        if let Creation::NewFile { tmp, path } = self {
+            std::fs::rename(tmp, path).map_err(Error::Io)?;
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            std::fs::File::open(dir.unwrap_or(Path::new(".")))
+                .and_then(|d| d.sync_all())
+                .map_err(Error::Io)?;
+        }
+        Ok(())
+    }
+
+    /// After a failed creation: leaves nothing behind.
+    fn abandon(&self, target: &Target) {
+        match (self, target) {
+            (Creation::NewFile { tmp, .. }, _) => {
+                let _ = std::fs::remove_file(tmp);
+            }
+            (Creation::NewBackend, Target::Backend(factory)) => {
+                let _ = factory().set_len(0);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Opens the database (see `open_unguarded`), turning a panic inside redb on a damaged file
@@ -121,7 +195,24 @@ fn open_unguarded(
     seeds: &KeySeeds,
     bump_epoch: bool,
 ) -> Result<Opened> {
-    let db = open_db(target, config)?;
+    let creation = Creation::of(target)?;
+    let opened = open_and_load(index, target, &creation, config, seeds, bump_epoch);
+    match &opened {
+        Ok(_) => creation.finish()?,
+        Err(_) => creation.abandon(target),
+    }
+    opened
+}
+
+fn open_and_load(
+    index: &Index,
+    target: &Target,
+    creation: &Creation,
+    config: &Config,
+    seeds: &KeySeeds,
+    bump_epoch: bool,
+) -> Result<Opened> {
+    let db = open_db(target, creation.tmp(), config)?;
     let txn = db.begin_write()?;
     let (epoch, next_seq, seq_reserved, high_water);
     {
@@ -184,9 +275,9 @@ fn load(
 ) -> Result<u64> {
     index.clear();
     let mut max_seq = 0;
-    let mut add = |record: Record| {
-        max_seq = max_seq.max(record.entry.token);
-        index.insert_newest(record.key.digest(seeds), Slot::new(&record.entry));
+    let mut add = |digest: u128, entry: &crate::machine::Entry| {
+        max_seq = max_seq.max(entry.token);
+        index.insert_newest(digest, Slot::new(entry));
     };
     match layout {
         Layout::TimeOrdered => {
@@ -195,8 +286,10 @@ fn load(
             for row in table.iter()? {
                 let (k, v) = row?;
                 let (expires_at, seq) = k.value();
-                let record = codec::decode(v.value()).map_err(|e| at(e, expires_at, seq))?;
-                if (record.entry.expires_at, record.entry.token) != (expires_at, seq) {
+                // The checksum covers the whole record; only its key and entry are decoded.
+                let (key, entry) =
+                    codec::decode_head(v.value()).map_err(|e| at(e, expires_at, seq))?;
+                if (entry.expires_at, entry.token) != (expires_at, seq) {
                     return Err(at(
                         Error::Corrupt {
                             detail: "expiry or token differs from the record's position".into(),
@@ -205,7 +298,7 @@ fn load(
                         seq,
                     ));
                 }
-                add(record);
+                add(seeds.digest(&key), &entry);
             }
         }
         Layout::KeyOrdered => {
@@ -213,7 +306,7 @@ fn load(
             for row in table.iter()? {
                 let (_, v) = row?;
                 let (record, _) = decode_with_seq(v.value())?;
-                add(record);
+                add(record.key.digest(seeds), &record.entry);
             }
         }
     }

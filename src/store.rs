@@ -391,6 +391,7 @@ impl Store {
     /// expired.
     pub fn get(&self, key: &Key) -> Result<Option<RecordInfo>> {
         let digest = self.validate_key(key)?;
+        self.shared.check_poison()?;
         for _ in 0..REPLAY_LOOKUPS {
             let Some(slot) = self.shared.index.get(digest) else {
                 return Ok(None);
@@ -415,13 +416,17 @@ impl Store {
                         };
                         return Ok(Some(RecordInfo::Completed(replay)));
                     }
+                    // The record was rewritten or removed since the lookup, or the writer is
+                    // reopening the file after a failed commit: wait until the writer has
+                    // caught up (a flush goes through its queue), then look again.
+                    self.flush()?;
                 }
             }
         }
         Err(Error::OutcomeUnknown {
-            source: Arc::new(Error::Corrupt {
-                detail: "the record kept moving while it was read".into(),
-            }),
+            source: Arc::new(Error::Io(std::io::Error::other(
+                "the record changed under every read; retry",
+            ))),
         })
     }
 

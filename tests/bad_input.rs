@@ -485,3 +485,38 @@ mod errors {
         assert!(inner.source().unwrap().is::<redb::Error>());
     }
 }
+
+mod creation {
+    use super::*;
+
+    /// A creation that crashed halfway leaves only a `.creating` file beside the store's path;
+    /// the next open ignores it and creates the store afresh.
+    #[test]
+    fn a_half_created_file_from_a_crash_does_not_block_the_next_open() {
+        let (_dir, path) = temp();
+        let mut leftover = path.clone().into_os_string();
+        leftover.push(".creating");
+        std::fs::write(&leftover, vec![0u8; 4096]).unwrap();
+        let store = Store::open(&path).expect("open creates the store afresh");
+        let lease = acquired(store.claim(&Key::new("t", "k"), None).unwrap());
+        store.complete(&lease, Response::new(201)).unwrap();
+        drop(store);
+        assert!(!Path::new(&leftover).exists());
+        let store = Store::open(&path).unwrap();
+        assert!(matches!(
+            store.claim(&Key::new("t", "k"), None).unwrap(),
+            ClaimOutcome::Replay(_)
+        ));
+    }
+
+    /// A store whose creation failed leaves no file behind, so a retry can create it.
+    #[test]
+    fn a_failed_creation_leaves_nothing_behind() {
+        let (dir, _) = temp();
+        let missing = dir.path().join("no-such-dir").join("s.redb");
+        assert!(Store::open(&missing).is_err());
+        assert!(!missing.exists());
+        std::fs::create_dir(dir.path().join("no-such-dir")).unwrap();
+        Store::open(&missing).expect("created once the directory exists");
+    }
+}
