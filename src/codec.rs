@@ -78,14 +78,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Record> {
     Ok(record)
 }
 
-/// A record's key, borrowed from the record bytes. Hashes exactly like [`Key`] (same fields,
-/// same order, slices hash like vectors), so its digest is the key's digest.
-#[derive(Debug, Hash, Deserialize)]
+/// A record's key, borrowed from the record bytes.
+#[derive(Debug, Deserialize)]
 pub(crate) struct KeyRef<'a> {
     #[serde(borrow)]
     scope: &'a [u8],
     #[serde(borrow)]
     key: &'a [u8],
+}
+
+impl KeyRef<'_> {
+    /// The same digest as [`Key::digest`] of the key it borrows.
+    pub(crate) fn digest(&self, seeds: &crate::key::KeySeeds) -> u128 {
+        seeds.digest(self.scope, self.key)
+    }
 }
 
 /// What opening the store needs from a record: its key and entry, decoded without copying
@@ -172,7 +178,7 @@ mod tests {
         let (key, entry) = decode_head(&bytes).unwrap();
         assert_eq!(entry, r.entry);
         let seeds = crate::key::KeySeeds::new();
-        assert_eq!(seeds.digest(&key), r.key.digest(&seeds));
+        assert_eq!(key.digest(&seeds), r.key.digest(&seeds));
         let mut flipped = bytes.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(matches!(decode_head(&flipped), Err(Error::Corrupt { .. })));

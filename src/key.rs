@@ -59,10 +59,9 @@ impl Key {
         self.key.is_empty()
     }
 
-    /// The in-memory directory's 128-bit identity of this key: two independently seeded SipHash
-    /// values of the scope and key (the derived `Hash` prefixes each with its length).
+    /// The in-memory directory's 128-bit identity of this key.
     pub(crate) fn digest(&self, seeds: &KeySeeds) -> u128 {
-        seeds.digest(self)
+        seeds.digest(&self.scope, &self.key)
     }
 }
 
@@ -77,24 +76,28 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// Random per-process seeds for key digests, so that nobody can aim keys at collisions.
+/// Random per-process keys for key digests (SipHash-1-3 with 128-bit output), so that nobody
+/// can aim keys at collisions in the directory.
 #[derive(Clone, Debug)]
-pub(crate) struct KeySeeds(
-    std::collections::hash_map::RandomState,
-    std::collections::hash_map::RandomState,
-);
+pub(crate) struct KeySeeds(u64, u64);
 
 impl KeySeeds {
     pub(crate) fn new() -> Self {
-        KeySeeds(Default::default(), Default::default())
+        // std's RandomState is seeded from the OS's random source.
+        let random = std::collections::hash_map::RandomState::new();
+        KeySeeds(random.hash_one(0u8), random.hash_one(1u8))
     }
 
-    /// The digest of anything that hashes like a [`Key`] (a `Key`, or a borrowed view of one
-    /// with the same fields in the same order).
-    pub(crate) fn digest(&self, key: &impl std::hash::Hash) -> u128 {
-        let lo = self.0.hash_one(key);
-        let hi = self.1.hash_one(key);
-        (u128::from(hi) << 64) | u128::from(lo)
+    /// The digest of the key `key` in scope `scope` (each part length-prefixed).
+    pub(crate) fn digest(&self, scope: &[u8], key: &[u8]) -> u128 {
+        use siphasher::sip128::{Hasher128, SipHasher13};
+        use std::hash::Hasher;
+        let mut h = SipHasher13::new_with_keys(self.0, self.1);
+        h.write(&(scope.len() as u64).to_le_bytes());
+        h.write(scope);
+        h.write(&(key.len() as u64).to_le_bytes());
+        h.write(key);
+        h.finish128().as_u128()
     }
 }
 

@@ -298,7 +298,7 @@ fn load(
                         seq,
                     ));
                 }
-                add(seeds.digest(&key), &entry);
+                add(key.digest(seeds), &entry);
             }
         }
         Layout::KeyOrdered => {
