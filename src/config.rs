@@ -113,12 +113,12 @@ impl Config {
                 self.lease, self.ttl
             ));
         }
-        if let Durability::Bounded { max_delay } = self.durability {
-            if max_delay.is_zero() || max_delay > Duration::from_secs(60) {
-                return bad(format!(
-                    "Durability::Bounded max_delay {max_delay:?} must be above zero and at most 60 s"
-                ));
-            }
+        if let Durability::Bounded { max_delay } = self.durability
+            && (max_delay.is_zero() || max_delay > Duration::from_secs(60))
+        {
+            return bad(format!(
+                "Durability::Bounded max_delay {max_delay:?} must be above zero and at most 60 s"
+            ));
         }
         if self.max_key_len == 0 || self.max_key_len > KEY_LEN_CEILING {
             return bad(format!(

@@ -146,10 +146,12 @@ impl Index {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
-    /// Empties the directory (before a reload from disk).
-    pub(crate) fn clear(&self) {
-        for shard in self.shards.iter() {
-            shard.lock().clear();
+    /// Takes over the content of `other` (a directory reloaded from disk), with every shard
+    /// locked at once so no caller sees a mix of the two.
+    pub(crate) fn replace_with(&self, other: Index) {
+        let mut mine: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
+        for (shard, theirs) in mine.iter_mut().zip(other.shards.into_vec()) {
+            **shard = theirs.into_inner();
         }
     }
 

@@ -159,18 +159,6 @@ impl Creation {
     }
 }
 
-/// Opens the database (see `open_unguarded`), turning a panic inside redb on a damaged file
-/// into `Error::Corrupt`.
-pub(crate) fn open(
-    index: &Index,
-    target: &Target,
-    config: &Config,
-    seeds: &KeySeeds,
-    bump_epoch: bool,
-) -> Result<Opened> {
-    guard(|| open_unguarded(index, target, config, seeds, bump_epoch))
-}
-
 /// Runs `f`, turning a panic (redb panics on some damaged files instead of returning an error)
 /// into `Error::Corrupt`.
 pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -187,8 +175,10 @@ pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// Opens the database, checks its format, bumps the epoch (when `bump_epoch`), reserves a new
-/// block of sequence numbers durably, and loads every record into the (emptied) directory.
-fn open_unguarded(
+/// block of sequence numbers durably, and loads every record into `index` (a new, empty
+/// directory that nobody else reads yet). A
+/// panic inside redb on a damaged file becomes `Error::Corrupt`.
+pub(crate) fn open(
     index: &Index,
     target: &Target,
     config: &Config,
@@ -196,7 +186,7 @@ fn open_unguarded(
     bump_epoch: bool,
 ) -> Result<Opened> {
     let creation = Creation::of(target)?;
-    let opened = open_and_load(index, target, &creation, config, seeds, bump_epoch);
+    let opened = guard(|| open_and_load(index, target, &creation, config, seeds, bump_epoch));
     match &opened {
         Ok(_) => creation.finish()?,
         Err(_) => creation.abandon(target),
@@ -273,7 +263,6 @@ fn load(
     seeds: &KeySeeds,
     index: &Index,
 ) -> Result<u64> {
-    index.clear();
     let mut max_seq = 0;
     let mut add = |digest: u128, entry: &crate::machine::Entry| {
         max_seq = max_seq.max(entry.token);

@@ -460,16 +460,16 @@ impl Store {
 
     fn shutdown(&mut self) {
         drop(self.sweeper_stop.take());
-        if let Some(handle) = self.sweeper.take() {
-            if handle.join().is_err() {
-                self.shared.poison("the sweeper thread panicked".into());
-            }
+        if let Some(handle) = self.sweeper.take()
+            && handle.join().is_err()
+        {
+            self.shared.poison("the sweeper thread panicked".into());
         }
         drop(self.tx.take());
-        if let Some(handle) = self.writer.take() {
-            if handle.join().is_err() {
-                self.shared.poison("the writer thread panicked".into());
-            }
+        if let Some(handle) = self.writer.take()
+            && handle.join().is_err()
+        {
+            self.shared.poison("the writer thread panicked".into());
         }
         drop(self.sweep_tx.take());
         drop(self.shared.take_database());

@@ -12,7 +12,7 @@
 
 use crate::clock::Millis;
 use crate::error::{Error, Result};
-use crate::index::Slot;
+use crate::index::{Index, Slot};
 use crate::key::{Fingerprint, Key, Response};
 use crate::machine::{self, ClaimDecision, OwnerDecision, OwnerOp, Rules, State};
 use crate::outcome::{ClaimOutcome, Lease, Replay};
@@ -194,10 +194,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if !first_is_sweep && batch.len() < max_batch {
-                if let Ok(op) = sweeps.try_recv() {
-                    batch.push(op);
-                }
+            if !first_is_sweep
+                && batch.len() < max_batch
+                && let Ok(op) = sweeps.try_recv()
+            {
+                batch.push(op);
             }
             self.process(&mut batch);
             if self.sync_deadline().is_some_and(|d| Instant::now() >= d) {
@@ -385,6 +386,8 @@ impl Writer {
             .begin_write()
             .map_err(Error::from)
             .and_then(|txn| storage::commit(txn, &self.shared.config, true));
+        // The old database must be gone before `recover` can open the file again.
+        drop(db);
         match result {
             Ok(()) => {
                 Counters::bump(&self.shared.counters.syncs);
@@ -407,14 +410,12 @@ impl Writer {
         self.unsynced_since = None;
         let mut last = None;
         for attempt in 0..50 {
-            match storage::open(
-                &shared.index,
-                &shared.target,
-                &shared.config,
-                &shared.seeds,
-                false,
-            ) {
+            // Load into a directory of its own and swap it in only once the reopen succeeded:
+            // callers keep reading the old one meanwhile, and keep it if recovery fails.
+            let fresh = Index::new();
+            match storage::open(&fresh, &shared.target, &shared.config, &shared.seeds, false) {
                 Ok(opened) => {
+                    shared.index.replace_with(fresh);
                     self.next_seq = opened.next_seq;
                     self.seq_reserved = opened.seq_reserved;
                     self.high_water_persisted = opened.high_water;

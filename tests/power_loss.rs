@@ -633,10 +633,10 @@ fn check_hot(
                 attempted.push(response.clone());
                 if *acked {
                     ended.insert(*token);
-                    if let Some((t, _)) = &acked_completion {
-                        if t != token {
-                            return fail(format!("leases {t} and {token} both completed"));
-                        }
+                    if let Some((t, _)) = &acked_completion
+                        && t != token
+                    {
+                        return fail(format!("leases {t} and {token} both completed"));
                     }
                     acked_completion = Some((*token, response.clone()));
                 }

@@ -1,0 +1,250 @@
+//! The record codec, through the public API (the codec itself is private):
+//!
+//! - `Raw` plants arbitrary bytes as a record value in the store file's record table;
+//!   `Mutated` plants a real record with bytes changed, cut or appended. With `reseal`, the
+//!   version byte and checksum (`src/codec.rs`: byte 0 = 1, bytes 1..9 = XXH3-64 of the rest)
+//!   are made valid again, so the damage reaches the decoder and the checks behind it. Opening
+//!   the store and using it must answer `Ok` or a typed error, never panic.
+//! - `RoundTrip` claims a structured key with a structured response, completes it, reopens
+//!   the store and checks the replay is byte-exact (encode, then decode).
+
+#![no_main]
+
+use arbitrary::Arbitrary;
+use idemstore::sim_disk::SimDisk;
+use idemstore::{ClaimOutcome, Fingerprint, Key, ManualClock, RecordInfo, Response, Store};
+use libfuzzer_sys::fuzz_target;
+use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The store's record table: `(expires_at ms, seq) -> record`.
+const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("idemstore_records");
+const START_MS: u64 = 1_700_000_000_000;
+
+#[derive(Arbitrary, Debug)]
+enum Input {
+    Raw {
+        expires_at: u64,
+        token: u64,
+        value: Vec<u8>,
+        reseal: bool,
+    },
+    Mutated {
+        /// (position modulo the record length, byte to xor in)
+        edits: Vec<(u16, u8)>,
+        cut: Option<u16>,
+        append: Vec<u8>,
+        /// Move the record to another position in the table.
+        expires_at: Option<u64>,
+        reseal: bool,
+    },
+    RoundTrip {
+        scope: Vec<u8>,
+        key: Vec<u8>,
+        fingerprint: Option<u128>,
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+        ttl_s: u16,
+        complete: bool,
+    },
+}
+
+fn open(disk: &SimDisk, clock: &ManualClock) -> idemstore::Result<Store> {
+    let disk = disk.clone();
+    Store::builder()
+        .queue_capacity(64)
+        .clock(clock.clone())
+        .open_backend(move || disk.backend())
+}
+
+fn the_key() -> Key {
+    Key::new("tenant", "key-1")
+}
+
+/// A store file holding one completed record: its image, and the record's table key and value.
+struct Base {
+    image: Vec<u8>,
+    position: (u64, u64),
+    record: Vec<u8>,
+}
+
+fn base() -> &'static Base {
+    static BASE: OnceLock<Base> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let disk = SimDisk::new();
+        let store = open(&disk, &ManualClock::new(START_MS)).unwrap();
+        let ClaimOutcome::Acquired(lease) = store.claim(&the_key(), Some(Fingerprint(7))).unwrap()
+        else {
+            panic!("a new key is acquired");
+        };
+        let response = Response::new(201).header("h", [0u8, 1]).body(&b"body"[..]);
+        store.complete(&lease, response).unwrap();
+        store.close().unwrap();
+        let (position, record) = {
+            let db = Database::builder()
+                .create_with_backend(disk.backend())
+                .unwrap();
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(RECORDS).unwrap();
+            let (k, v) = table.first().unwrap().expect("one record");
+            (k.value(), v.value().to_vec())
+        };
+        let backend = disk.backend();
+        let mut image = vec![0; backend.len().unwrap() as usize];
+        backend.read(0, &mut image).unwrap();
+        Base {
+            image,
+            position,
+            record,
+        }
+    })
+}
+
+/// Makes the version byte and checksum of `value` valid.
+fn reseal(value: &mut Vec<u8>) {
+    if value.len() < 9 {
+        value.resize(9, 0);
+    }
+    value[0] = 1;
+    let sum = xxhash_rust::xxh3::xxh3_64(&value[9..]);
+    value[1..9].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// Replaces the base record by `value` at `position`, then opens the store and uses it.
+fn plant(position: (u64, u64), value: &[u8]) {
+    let b = base();
+    let disk = SimDisk::from_image(b.image.clone());
+    {
+        let db = Database::builder()
+            .create_with_backend(disk.backend())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(RECORDS).unwrap();
+            table.remove(b.position).unwrap();
+            table.insert(position, value).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let clock = ManualClock::new(START_MS);
+    // Ok or a typed error: either way, no panic.
+    let Ok(store) = open(&disk, &clock) else {
+        return;
+    };
+    let key = the_key();
+    let _ = store.get(&key);
+    let _ = store.claim(&key, Some(Fingerprint(7)));
+    let _ = store.claim(&key, None);
+    let _ = store.expire(&key);
+    let _ = store.records_on_disk();
+    clock.advance(Duration::from_secs(8 * 24 * 3600));
+    let _ = store.run_pending_expiry();
+    let _ = store.claim(&Key::new("tenant", "other"), None);
+    let _ = store.close();
+}
+
+fn round_trip(
+    key: Key,
+    fp: Option<Fingerprint>,
+    response: Response,
+    ttl: Duration,
+    complete: bool,
+) {
+    let disk = SimDisk::new();
+    let clock = ManualClock::new(START_MS);
+    let store = open(&disk, &clock).unwrap();
+    let lease = match store.claim_with_ttl(&key, fp, ttl) {
+        Ok(ClaimOutcome::Acquired(lease)) => lease,
+        Ok(other) => panic!("a new key answered {other:?}"),
+        // Empty or over-long keys, a zero lifetime: refused before anything is stored.
+        Err(_) => return,
+    };
+    let completed = complete && store.complete(&lease, response.clone()).is_ok();
+    drop(store);
+    let store = open(&disk, &clock).unwrap();
+    match (store.get(&key).unwrap(), completed) {
+        (Some(RecordInfo::Completed(replay)), true) => {
+            assert_eq!(
+                replay.response, response,
+                "replay differs from what was stored"
+            );
+            assert_eq!(replay.attempt, 1);
+            let Ok(ClaimOutcome::Replay(again)) = store.claim(&key, fp) else {
+                panic!("a completed key replays");
+            };
+            assert_eq!(again, replay);
+        }
+        (
+            Some(RecordInfo::InFlight {
+                attempt: 1,
+                from_previous_process: true,
+                ..
+            }),
+            false,
+        ) => {}
+        (other, _) => panic!("after reopening: {other:?}, completed: {completed}"),
+    }
+}
+
+fuzz_target!(|input: Input| match input {
+    Input::Raw {
+        expires_at,
+        token,
+        mut value,
+        reseal: seal,
+    } => {
+        if seal {
+            reseal(&mut value);
+        }
+        plant((expires_at, token), &value)
+    }
+    Input::Mutated {
+        edits,
+        cut,
+        append,
+        expires_at,
+        reseal: seal,
+    } => {
+        let b = base();
+        let mut value = b.record.clone();
+        for (at, x) in edits {
+            let i = usize::from(at) % value.len();
+            value[i] ^= x;
+        }
+        if let Some(cut) = cut {
+            value.truncate(usize::from(cut) % (value.len() + 1));
+        }
+        value.extend_from_slice(&append);
+        if seal {
+            reseal(&mut value);
+        }
+        let position = (expires_at.unwrap_or(b.position.0), b.position.1);
+        plant(position, &value);
+    }
+    Input::RoundTrip {
+        scope,
+        key,
+        fingerprint,
+        status,
+        headers,
+        body,
+        ttl_s,
+        complete,
+    } => {
+        let response = Response {
+            status,
+            headers,
+            body,
+        };
+        let ttl = Duration::from_secs(u64::from(ttl_s));
+        round_trip(
+            Key::new(scope, key),
+            fingerprint.map(Fingerprint),
+            response,
+            ttl,
+            complete,
+        );
+    }
+});

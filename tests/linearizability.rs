@@ -1,0 +1,472 @@
+//! Linearizability: threads run random operations (claim with and without fingerprints,
+//! complete, release, renew, expire, get) on a few shared keys of one store, recording when
+//! each call started and returned on a shared counter; every history is then checked per key
+//! against the sequential model below with the Wing-Gong checker in `support/lin.rs`.
+//!
+//! One store on a temporary file serves every history (each in a key scope of its own); it is
+//! reopened every 50 histories, with `Durability::Bounded` three times in four and
+//! `Immediate` otherwise. The clock is a `ManualClock` held still, so leases never end and
+//! records never expire within a history: the model is absent / in flight (token,
+//! fingerprint) / completed (token, fingerprint, body). Tokens are opaque: the model accepts any token for a claim
+//! that acquires, then tracks it. Across the whole history, fencing tokens must be unique and
+//! ordered like the acquisitions that returned before others were called (invariant 6).
+//!
+//! Knobs: `IDEMSTORE_LIN_HISTORIES` (default 200; the long run is 10,000),
+//! `IDEMSTORE_LIN_THREADS` (default 8), `IDEMSTORE_LIN_OPS` (operations per thread per
+//! history, default 24), `IDEMSTORE_SEED` (base seed; a failure prints the seed of its
+//! history). A seed fixes each thread's operations, not the interleaving.
+
+#[path = "support/lin.rs"]
+mod lin;
+
+use idemstore::{
+    ClaimOutcome, Durability, Error, Fingerprint, Key, Lease, ManualClock, RecordInfo,
+};
+use idemstore::{Response, Store};
+use lin::{Model, Operation, Verdict, check_partitioned_with_budget};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const KEYS: u8 = 3;
+/// The store's lease: held still by the manual clock, it never ends.
+const LEASE: Duration = Duration::from_secs(60);
+/// Histories per store process.
+const SEGMENT: u64 = 50;
+/// Search steps per key and history before the checker gives up ("unknown" fails the test).
+const BUDGET: u64 = 20_000_000;
+
+#[derive(Clone, Debug)]
+enum Input {
+    Claim { key: u8, fp: Option<u8> },
+    Complete { key: u8, token: u64, body: u32 },
+    Release { key: u8, token: u64 },
+    Renew { key: u8, token: u64 },
+    Expire { key: u8 },
+    Get { key: u8 },
+}
+
+impl Input {
+    fn key(&self) -> u8 {
+        match *self {
+            Input::Claim { key, .. }
+            | Input::Complete { key, .. }
+            | Input::Release { key, .. }
+            | Input::Renew { key, .. }
+            | Input::Expire { key }
+            | Input::Get { key } => key,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Output {
+    Acquired {
+        token: u64,
+        attempt: u32,
+    },
+    InFlight {
+        attempt: u32,
+    },
+    Replay {
+        body: u32,
+        attempt: u32,
+    },
+    Mismatch,
+    /// `complete`, `release` or `renew` answered `Ok`.
+    Ok,
+    Stale,
+    Expired(bool),
+    Absent,
+    GetInFlight {
+        attempt: u32,
+        previous: bool,
+    },
+    GetCompleted {
+        body: u32,
+        attempt: u32,
+    },
+    /// Anything else, which no state allows.
+    Unexpected(String),
+}
+
+/// One key's state.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum KeyState {
+    Absent,
+    InFlight {
+        token: u64,
+        fp: Option<u8>,
+    },
+    Completed {
+        token: u64,
+        fp: Option<u8>,
+        body: u32,
+    },
+}
+
+impl Model for KeyState {
+    type Input = Input;
+    type Output = Output;
+
+    fn step(&self, input: &Input, output: &Output) -> Option<Self> {
+        use KeyState::*;
+        let same = || Some(self.clone());
+        match (input, self, output) {
+            (Input::Claim { fp, .. }, Absent, Output::Acquired { token, attempt: 1 }) => {
+                Some(InFlight {
+                    token: *token,
+                    fp: *fp,
+                })
+            }
+            (
+                Input::Claim { fp, .. },
+                InFlight { fp: held, .. } | Completed { fp: held, .. },
+                _,
+            ) if matches!((held, fp), (Some(a), Some(b)) if a != b) => {
+                if *output == Output::Mismatch {
+                    same()
+                } else {
+                    None
+                }
+            }
+            (Input::Claim { .. }, InFlight { .. }, Output::InFlight { attempt: 1 }) => same(),
+            (
+                Input::Claim { .. },
+                Completed { body, .. },
+                Output::Replay {
+                    body: b,
+                    attempt: 1,
+                },
+            ) if b == body => same(),
+            (Input::Complete { token, body, .. }, InFlight { token: t, fp }, Output::Ok)
+                if t == token =>
+            {
+                Some(Completed {
+                    token: *t,
+                    fp: *fp,
+                    body: *body,
+                })
+            }
+            // Completing twice with the same lease succeeds and keeps the first response.
+            (Input::Complete { token, .. }, Completed { token: t, .. }, Output::Ok)
+                if t == token =>
+            {
+                same()
+            }
+            (Input::Release { token, .. }, InFlight { token: t, .. }, Output::Ok) if t == token => {
+                Some(Absent)
+            }
+            // Releasing an absent key: the release already happened.
+            (Input::Release { .. }, Absent, Output::Ok) => same(),
+            (Input::Renew { token, .. }, InFlight { token: t, .. }, Output::Ok) if t == token => {
+                same()
+            }
+            (
+                Input::Complete { .. } | Input::Release { .. } | Input::Renew { .. },
+                _,
+                Output::Stale,
+            ) => {
+                let owns = match (input, self) {
+                    (
+                        Input::Complete { token, .. },
+                        InFlight { token: t, .. } | Completed { token: t, .. },
+                    ) => t == token,
+                    (
+                        Input::Release { token, .. } | Input::Renew { token, .. },
+                        InFlight { token: t, .. },
+                    ) => t == token,
+                    (Input::Release { .. }, Absent) => true,
+                    _ => false,
+                };
+                if owns { None } else { same() }
+            }
+            (Input::Expire { .. }, _, Output::Expired(live)) => {
+                (*live == (*self != Absent)).then_some(Absent)
+            }
+            (Input::Get { .. }, Absent, Output::Absent) => same(),
+            (
+                Input::Get { .. },
+                InFlight { .. },
+                Output::GetInFlight {
+                    attempt: 1,
+                    previous: false,
+                },
+            ) => same(),
+            (
+                Input::Get { .. },
+                Completed { body, .. },
+                Output::GetCompleted {
+                    body: b,
+                    attempt: 1,
+                },
+            ) if b == body => same(),
+            _ => None,
+        }
+    }
+}
+
+/// xorshift64*: each thread's operations, from the history's seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+fn body_of(response: &Response) -> u32 {
+    match response.body.as_slice().try_into() {
+        Ok(bytes) => u32::from_le_bytes(bytes),
+        Err(_) => u32::MAX,
+    }
+}
+
+struct Settings {
+    threads: usize,
+    ops: usize,
+}
+
+/// One thread's part of a history.
+fn client(
+    store: &Store,
+    scope: &str,
+    thread: usize,
+    seed: u64,
+    settings: &Settings,
+    ticks: &AtomicU64,
+) -> Vec<Operation<Input, Output>> {
+    let mut rng = Rng::new(seed ^ ((thread as u64 + 1) << 32));
+    let mut leases: Vec<Lease> = Vec::new();
+    let mut out = Vec::with_capacity(settings.ops);
+    let fps = [None, Some(0), Some(1)];
+    for i in 0..settings.ops {
+        let key = rng.below(u64::from(KEYS)) as u8;
+        let k = Key::new(scope, [key]);
+        let pick = rng.below(100);
+        // Owner operations use one of this thread's leases, current or stale.
+        let lease = (!leases.is_empty()).then(|| rng.below(leases.len() as u64) as usize);
+        let input = match (pick, lease) {
+            (0..40, _) | (_, None) if pick < 80 => Input::Claim {
+                key,
+                fp: fps[rng.below(3) as usize],
+            },
+            (40..60, Some(l)) => Input::Complete {
+                key: leases[l].key().key()[0],
+                token: leases[l].token(),
+                body: ((thread as u32) << 16) | i as u32,
+            },
+            (60..70, Some(l)) => Input::Release {
+                key: leases[l].key().key()[0],
+                token: leases[l].token(),
+            },
+            (70..80, Some(l)) => Input::Renew {
+                key: leases[l].key().key()[0],
+                token: leases[l].token(),
+            },
+            (80..85, _) => Input::Expire { key },
+            _ => Input::Get { key },
+        };
+        let by_token = |t: u64| {
+            leases
+                .iter()
+                .position(|l| l.token() == t)
+                .expect("own lease")
+        };
+        let call = ticks.fetch_add(1, SeqCst);
+        let output = match &input {
+            Input::Claim { fp, .. } => {
+                let fp = fp.map(|f| Fingerprint::from_parts(&[&[f]]));
+                match store.claim(&k, fp) {
+                    Ok(ClaimOutcome::Acquired(lease)) => {
+                        let (token, attempt) = (lease.token(), lease.attempt());
+                        leases.push(lease);
+                        Output::Acquired { token, attempt }
+                    }
+                    Ok(ClaimOutcome::InFlight { attempt, .. }) => Output::InFlight { attempt },
+                    Ok(ClaimOutcome::Replay(r)) => Output::Replay {
+                        body: body_of(&r.response),
+                        attempt: r.attempt,
+                    },
+                    Ok(ClaimOutcome::Mismatch) => Output::Mismatch,
+                    other => Output::Unexpected(format!("{other:?}")),
+                }
+            }
+            Input::Complete { token, body, .. } => {
+                let response = Response::new(200).body(body.to_le_bytes());
+                owner(store.complete(&leases[by_token(*token)], response))
+            }
+            Input::Release { token, .. } => owner(store.release(&leases[by_token(*token)])),
+            Input::Renew { token, .. } => {
+                let l = by_token(*token);
+                owner(store.renew(&mut leases[l]))
+            }
+            Input::Expire { .. } => match store.expire(&k) {
+                Ok(live) => Output::Expired(live),
+                Err(e) => Output::Unexpected(e.to_string()),
+            },
+            Input::Get { .. } => match store.get(&k) {
+                Ok(None) => Output::Absent,
+                Ok(Some(RecordInfo::InFlight {
+                    attempt,
+                    from_previous_process,
+                    ..
+                })) => Output::GetInFlight {
+                    attempt,
+                    previous: from_previous_process,
+                },
+                Ok(Some(RecordInfo::Completed(r))) => Output::GetCompleted {
+                    body: body_of(&r.response),
+                    attempt: r.attempt,
+                },
+                other => Output::Unexpected(format!("{other:?}")),
+            },
+        };
+        let ret = ticks.fetch_add(1, SeqCst);
+        out.push(Operation::new(thread, call, ret, input, output));
+    }
+    out
+}
+
+fn owner(result: Result<(), Error>) -> Output {
+    match result {
+        Ok(()) => Output::Ok,
+        Err(Error::StaleLease { .. }) => Output::Stale,
+        Err(e) => Output::Unexpected(e.to_string()),
+    }
+}
+
+/// Runs one history on `store` (its keys in a scope of their own) and returns it.
+fn run_history(
+    store: &Arc<Store>,
+    seed: u64,
+    settings: &Arc<Settings>,
+) -> Vec<Operation<Input, Output>> {
+    let ticks = Arc::new(AtomicU64::new(0));
+    let start = Arc::new(Barrier::new(settings.threads));
+    let scope = format!("history-{seed}");
+    let handles: Vec<_> = (0..settings.threads)
+        .map(|thread| {
+            let (store, ticks, start) = (store.clone(), ticks.clone(), start.clone());
+            let (scope, settings) = (scope.clone(), settings.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                client(&store, &scope, thread, seed, &settings, &ticks)
+            })
+        })
+        .collect();
+    let mut history: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("a client thread panicked"))
+        .collect();
+    history.sort_by_key(|op| op.call);
+    history
+}
+
+/// Fencing tokens are unique, and an acquisition that returned before another was called
+/// has the smaller token.
+fn check_tokens(history: &[Operation<Input, Output>]) -> Result<(), String> {
+    let mut acquired: Vec<(u64, u64, u64)> = history
+        .iter()
+        .filter_map(|op| match op.output {
+            Some(Output::Acquired { token, .. }) => Some((op.call, op.ret, token)),
+            _ => None,
+        })
+        .collect();
+    let mut tokens: Vec<u64> = acquired.iter().map(|a| a.2).collect();
+    tokens.sort_unstable();
+    if let Some(w) = tokens.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("token {} handed out twice", w[0]));
+    }
+    acquired.sort_unstable();
+    for (i, a) in acquired.iter().enumerate() {
+        if let Some(b) = acquired[i + 1..].iter().find(|b| a.1 < b.0 && a.2 > b.2) {
+            return Err(format!(
+                "token {} returned before token {} was asked for",
+                a.2, b.2
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
+        Err(_) => default,
+    }
+}
+
+#[test]
+fn concurrent_histories_are_linearizable() {
+    let histories = env_u64("IDEMSTORE_LIN_HISTORIES", 200);
+    let settings = Arc::new(Settings {
+        threads: env_u64("IDEMSTORE_LIN_THREADS", 8) as usize,
+        ops: env_u64("IDEMSTORE_LIN_OPS", 24) as usize,
+    });
+    let base = env_u64("IDEMSTORE_SEED", {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        t.map_or(0, |d| d.as_nanos() as u64)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    // Each store process runs SEGMENT histories; every fourth acknowledges after the sync
+    // (`Immediate`, slower), the others before it (`Bounded`).
+    let open = |segment: u64| {
+        let durability = match segment % 4 {
+            3 => Durability::Immediate,
+            _ => Durability::Bounded {
+                max_delay: Duration::from_millis(2),
+            },
+        };
+        Store::builder()
+            .lease(LEASE)
+            .durability(durability)
+            .clock(ManualClock::new(1_700_000_000_000))
+            .open(dir.path().join("lin.redb"))
+            .expect("the store opens")
+    };
+    let mut store = Arc::new(open(0));
+    let (started, mut ops, mut acquired) = (Instant::now(), 0, 0);
+    for h in 0..histories {
+        let seed = base.wrapping_add(h);
+        // A fresh process now and then: the directory is rebuilt from the file.
+        if h > 0 && h.is_multiple_of(SEGMENT) {
+            drop(store);
+            store = Arc::new(open(h / SEGMENT));
+        }
+        let history = run_history(&store, seed, &settings);
+        ops += history.len();
+        acquired += history
+            .iter()
+            .filter(|o| matches!(o.output, Some(Output::Acquired { .. })))
+            .count();
+        let immediate = (h / SEGMENT) % 4 == 3;
+        let rerun =
+            format!("IDEMSTORE_SEED={seed} IDEMSTORE_LIN_HISTORIES=1, Immediate: {immediate}");
+        if let Err(e) = check_tokens(&history) {
+            panic!("history {h} ({rerun}): {e}");
+        }
+        let verdict =
+            check_partitioned_with_budget(|_| KeyState::Absent, &history, Input::key, BUDGET);
+        match verdict {
+            Verdict::Ok => {}
+            Verdict::Unknown => panic!("history {h} ({rerun}): checker budget exhausted"),
+            Verdict::Violation { .. } => {
+                panic!("history {h} ({rerun}): {}", verdict.explain(&history))
+            }
+        }
+    }
+    eprintln!(
+        "{histories} histories, {ops} operations ({acquired} acquisitions), 0 violations in {:?} (base IDEMSTORE_SEED={base})",
+        started.elapsed()
+    );
+}

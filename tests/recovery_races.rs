@@ -1,0 +1,120 @@
+//! Recovery after a failed commit, seen by other callers (found while building the model test
+//! and the ops fuzz target, which is sequential and waits for recovery before going on).
+//!
+//! After a failed commit the writer reopens the file and reloads the directory of live keys.
+//! Meanwhile callers keep using the store: a lease that still owns its key must not be told
+//! it is stale, a live key must not look absent, and the store must come back.
+
+use idemstore::sim_disk::{Op as DiskOp, SimDisk};
+use idemstore::{ClaimOutcome, Durability, Error, Key, ManualClock, Response, Store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn open(disk: &SimDisk, durability: Durability) -> Store {
+    let disk = disk.clone();
+    Store::builder()
+        .durability(durability)
+        .clock(ManualClock::new(1_700_000_000_000))
+        .open_backend(move || disk.backend())
+        .expect("the store opens")
+}
+
+/// With `Durability::Bounded`, a failed background sync must be recovered from like a failed
+/// commit. `Writer::sync` kept its handle on the old database while calling `recover`, so
+/// every reopen found the file still open (`AlreadyOpen`, 50 tries over a second) and the
+/// store poisoned itself.
+#[test]
+fn failed_background_sync_is_recovered() {
+    let disk = SimDisk::new();
+    let bounded = Durability::Bounded {
+        max_delay: Duration::from_millis(1),
+    };
+    let store = open(&disk, bounded);
+    let first = store.claim(&Key::unscoped("a"), None).unwrap();
+    assert!(matches!(first, ClaimOutcome::Acquired(_)));
+    // The sync that follows within max_delay fails once.
+    disk.fail_nth(DiskOp::Sync, 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.stats().failed_commits == 0 {
+        assert!(Instant::now() < deadline, "the background sync never ran");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Queued behind the recovery.
+    let next = store.claim(&Key::unscoped("b"), None);
+    assert!(
+        matches!(next, Ok(ClaimOutcome::Acquired(_))),
+        "after one failed sync the store answered {next:?}"
+    );
+}
+
+/// While the directory is reloaded, the fast paths read it half-filled: the owner of a key in
+/// flight got `StaleLease` from `complete` (and would discard its result), and `get` answered
+/// `None` for the live key.
+#[test]
+fn callers_during_recovery_see_the_keys_that_are_live() {
+    let disk = SimDisk::new();
+    // Enough records that reloading them takes a while; filled quickly with group commits.
+    let filler = Arc::new(open(
+        &disk,
+        Durability::Bounded {
+            max_delay: Duration::from_millis(5),
+        },
+    ));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = filler.clone();
+            std::thread::spawn(move || {
+                for i in 0..1500 {
+                    let key = Key::new("fill", format!("{t}-{i}"));
+                    assert!(matches!(
+                        store.claim(&key, None),
+                        Ok(ClaimOutcome::Acquired(_))
+                    ));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(filler);
+    let store = open(&disk, Durability::Immediate);
+    let owned = Key::unscoped("owned");
+    let ClaimOutcome::Acquired(lease) = store.claim(&owned, None).unwrap() else {
+        panic!("a new key is acquired");
+    };
+    // Another caller's commit fails; the writer recovers right after answering it.
+    disk.fail_nth(DiskOp::Sync, 1);
+    let failed = store.claim(&Key::unscoped("other"), None);
+    assert!(
+        matches!(failed, Err(Error::OutcomeUnknown { .. })),
+        "{failed:?}"
+    );
+    // The writer closes the file first: wait for that (it may be over already).
+    let started = Instant::now();
+    while store.records_on_disk().is_ok() && started.elapsed() < Duration::from_secs(1) {}
+    let (mut absent, mut completed) = (0, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Until the file is open again.
+    while store.records_on_disk().is_err() {
+        assert!(Instant::now() < deadline, "the store did not recover");
+        match store.get(&owned) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                absent += 1;
+                // The owner finishes now.
+                completed.get_or_insert_with(|| store.complete(&lease, Response::new(200)));
+            }
+            Err(e) => panic!("get during recovery: {e}"),
+        }
+    }
+    let completed = completed.unwrap_or_else(|| store.complete(&lease, Response::new(200)));
+    assert!(
+        matches!(completed, Ok(()) | Err(Error::OutcomeUnknown { .. })),
+        "the owner's complete during recovery answered {completed:?}"
+    );
+    assert_eq!(
+        absent, 0,
+        "get answered None for a live key during recovery"
+    );
+}
