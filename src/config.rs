@@ -68,6 +68,7 @@ pub(crate) struct Config {
     pub(crate) sweep_interval: Duration,
     pub(crate) sweep_horizon: Duration,
     pub(crate) sweep_chunk: usize,
+    pub(crate) max_in_flight: u64,
 }
 
 impl Default for Config {
@@ -89,6 +90,7 @@ impl Default for Config {
             sweep_interval: Duration::from_secs(1),
             sweep_horizon: Duration::from_secs(3600),
             sweep_chunk: 1024,
+            max_in_flight: 1_000_000,
         }
     }
 }
@@ -145,6 +147,9 @@ impl Config {
                 "sweep_horizon {:?} must be at least the sweep_interval {:?}",
                 self.sweep_horizon, self.sweep_interval
             ));
+        }
+        if self.max_in_flight == 0 {
+            return bad("max_in_flight must be above zero".into());
         }
         if self.sweep_chunk == 0 {
             return bad("sweep_chunk must be above zero".into());
@@ -271,6 +276,15 @@ impl Builder {
     /// Most expired records removed per group commit. Default 1,024.
     pub fn sweep_chunk(mut self, records: usize) -> Self {
         self.config.sweep_chunk = records;
+        self
+    }
+
+    /// Most claims in flight at once (claimed, neither completed nor released, not expired).
+    /// Beyond it, claims of new keys get [`Error::Overloaded`](crate::Error::Overloaded), so a
+    /// flood of requests that never complete cannot grow memory and disk without bound (their
+    /// records stay until they expire). Default 1,000,000.
+    pub fn max_in_flight(mut self, claims: u64) -> Self {
+        self.config.max_in_flight = claims;
         self
     }
 

@@ -58,6 +58,15 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// The store already holds `max_in_flight` claims that are neither completed nor expired;
+    /// new keys are refused (HTTP `503`) until some complete, are released or expire. Claims of
+    /// keys the store already holds are answered as usual.
+    Overloaded {
+        /// Claims in flight.
+        in_flight: u64,
+        /// The configured limit ([`Builder::max_in_flight`](crate::Builder::max_in_flight)).
+        max: u64,
+    },
     /// The store has been closed.
     Closed,
     /// The file is already open, by this process or another one. One process at a time.
@@ -109,6 +118,10 @@ impl fmt::Display for Error {
                 f,
                 "store refuses operations after an unrecoverable storage failure ({reason}): fix the cause and reopen the file"
             ),
+            Error::Overloaded { in_flight, max } => write!(
+                f,
+                "{in_flight} requests are in flight, at the limit of {max}: retry later, or raise max_in_flight"
+            ),
             Error::Closed => f.write_str("store is closed"),
             Error::AlreadyOpen => f.write_str(
                 "store file is already open in this or another process: open it once and share the handle",
@@ -139,7 +152,10 @@ impl Error {
     /// Whether a retry of the same operation may succeed (the failure was transient or its
     /// outcome is unknown).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::OutcomeUnknown { .. })
+        matches!(
+            self,
+            Error::OutcomeUnknown { .. } | Error::Overloaded { .. }
+        )
     }
 }
 

@@ -10,6 +10,7 @@ use crate::machine::{Entry, State};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 const SHARDS: usize = 64;
 
@@ -88,6 +89,10 @@ impl Slot {
     pub(crate) fn is_live(&self, now: Millis) -> bool {
         now < self.expires_at
     }
+
+    pub(crate) fn is_in_flight(&self) -> bool {
+        self.flags & COMPLETED == 0
+    }
 }
 
 /// Keys are already uniformly random 128-bit digests: hash them by taking 64 of their bits.
@@ -113,12 +118,15 @@ type Shard = HashMap<u128, Slot, BuildHasherDefault<DigestHasher>>;
 
 pub(crate) struct Index {
     shards: Box<[Mutex<Shard>]>,
+    /// Slots in flight (not completed), expired or not: what `max_in_flight` limits.
+    in_flight: AtomicU64,
 }
 
 impl Index {
     pub(crate) fn new() -> Self {
         Index {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            in_flight: AtomicU64::new(0),
         }
     }
 
@@ -132,14 +140,26 @@ impl Index {
 
     pub(crate) fn set(&self, digest: u128, slot: Option<Slot>) {
         let mut shard = self.shard(digest).lock();
-        match slot {
-            Some(s) => {
-                shard.insert(digest, s);
-            }
-            None => {
-                shard.remove(&digest);
-            }
-        }
+        let old = match slot {
+            Some(s) => shard.insert(digest, s),
+            None => shard.remove(&digest),
+        };
+        self.count(old.as_ref(), slot.as_ref());
+    }
+
+    /// Keeps `in_flight` in step with a slot replaced by another.
+    fn count(&self, old: Option<&Slot>, new: Option<&Slot>) {
+        let flying = |s: Option<&Slot>| s.is_some_and(Slot::is_in_flight);
+        match (flying(old), flying(new)) {
+            (false, true) => self.in_flight.fetch_add(1, Relaxed),
+            (true, false) => self.in_flight.fetch_sub(1, Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// Keys in flight (claimed, not completed, not yet swept).
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -150,6 +170,7 @@ impl Index {
     /// locked at once so no caller sees a mix of the two.
     pub(crate) fn replace_with(&self, other: Index) {
         let mut mine: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
+        self.in_flight.store(other.in_flight(), Relaxed);
         for (shard, theirs) in mine.iter_mut().zip(other.shards.into_vec()) {
             **shard = theirs.into_inner();
         }
@@ -158,9 +179,16 @@ impl Index {
     /// Files `slot` unless the directory already holds a newer record (higher token) of the key.
     pub(crate) fn insert_newest(&self, digest: u128, slot: Slot) {
         let mut shard = self.shard(digest).lock();
-        let cur = shard.entry(digest).or_insert(slot);
-        if cur.token() < slot.token() {
-            *cur = slot;
+        match shard.get_mut(&digest) {
+            None => {
+                shard.insert(digest, slot);
+                self.count(None, Some(&slot));
+            }
+            Some(cur) if cur.token() < slot.token() => {
+                let old = std::mem::replace(cur, slot);
+                self.count(Some(&old), Some(&slot));
+            }
+            Some(_) => {}
         }
     }
 

@@ -37,6 +37,8 @@ pub struct Stats {
     pub failed_commits: u64,
     /// Live keys in the in-memory directory (including expired keys not yet swept).
     pub live_keys: u64,
+    /// Keys in flight (claimed, not completed, not yet swept), the figure `max_in_flight` limits.
+    pub in_flight_keys: u64,
     /// Records reclaimed by the sweeper.
     pub keys_expired: u64,
     /// At the last sweep pass: how long ago the oldest record it reclaimed had expired (ms).
@@ -70,7 +72,12 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, live_keys: u64, sweep: Option<&crate::sweeper::Sweep>) -> Stats {
+    pub(crate) fn snapshot(
+        &self,
+        live_keys: u64,
+        in_flight_keys: u64,
+        sweep: Option<&crate::sweeper::Sweep>,
+    ) -> Stats {
         let sweep_stat = |f: fn(&crate::sweeper::Sweep) -> u64| sweep.map_or(0, f);
         Stats {
             keys_expired: sweep_stat(|s| s.expired.load(Relaxed)),
@@ -92,6 +99,7 @@ impl Counters {
             syncs: self.syncs.load(Relaxed),
             failed_commits: self.failed_commits.load(Relaxed),
             live_keys,
+            in_flight_keys,
         }
     }
 }

@@ -439,9 +439,11 @@ impl Store {
 
     /// Counters since the store was opened.
     pub fn stats(&self) -> Stats {
-        self.shared
-            .counters
-            .snapshot(self.shared.index.len() as u64, self.shared.sweep.as_ref())
+        self.shared.counters.snapshot(
+            self.shared.index.len() as u64,
+            self.shared.index.in_flight(),
+            self.shared.sweep.as_ref(),
+        )
     }
 
     /// Number of records in the file, live or expired but not yet swept.

@@ -311,6 +311,7 @@ impl Writer {
             tables: Tables::open(&txn, shared.config.layout)?,
             overlay: Overlay::with_capacity_and_hasher(batch.len(), Default::default()),
             rules: shared.rules(now),
+            new_in_flight: 0,
         };
         batch.reverse();
         while let Some(op) = batch.pop() {
@@ -469,9 +470,17 @@ struct BatchCtx<'a, 't> {
     tables: Tables<'t>,
     overlay: Overlay,
     rules: Rules,
+    /// Keys this batch put in flight that were not in flight before.
+    new_in_flight: u64,
 }
 
 impl BatchCtx<'_, '_> {
+    /// Whether one more key in flight would pass `max_in_flight` (counting this batch's own
+    /// acquisitions; its completes and releases free room only once published).
+    fn at_in_flight_limit(&self) -> bool {
+        self.shared.index.in_flight() + self.new_in_flight >= self.shared.config.max_in_flight
+    }
+
     /// The key's current slot: this batch's change if any, else the directory's.
     fn current(&self, digest: u128) -> Option<Slot> {
         match self.overlay.get(&digest) {
@@ -492,7 +501,18 @@ impl BatchCtx<'_, '_> {
         let now = self.rules.now;
         Ok(
             match machine::claim(cur.map(|s| s.entry()).as_ref(), fingerprint, &self.rules) {
+                ClaimDecision::Acquire { .. }
+                    if !cur.is_some_and(|s| s.is_in_flight()) && self.at_in_flight_limit() =>
+                {
+                    Err(Error::Overloaded {
+                        in_flight: self.shared.index.in_flight() + self.new_in_flight,
+                        max: self.shared.config.max_in_flight,
+                    })
+                }
                 ClaimDecision::Acquire { attempt, takeover } => {
+                    if !cur.is_some_and(|s| s.is_in_flight()) {
+                        self.new_in_flight += 1;
+                    }
                     let seq = w.alloc_seq();
                     let entry =
                         machine::acquired_entry(seq, attempt, fingerprint, ttl_ms, &self.rules);
