@@ -4,7 +4,7 @@
 //! The SIGKILL test re-executes this test binary as a child running only [`child_workload`]
 //! (selected by `--exact`, enabled by the `IDEMSTORE_CHILD_DB` variable), reads the child's
 //! acknowledgements from its stdout, kills it after a pseudo-random short time, reopens the file
-//! and checks every acknowledgement. `IDEMSTORE_KILLS` sets the number of kills (default 5, on
+//! and checks every acknowledgement. `IDEMSTORE_KILLS` sets the number of kills (default 10, on
 //! fresh files, and as many again on one file in succession); `IDEMSTORE_SEED` replays a run.
 
 use idemstore::{ClaimOutcome, Durability, Key, ManualClock, RecordInfo, Response, Store};
@@ -507,7 +507,7 @@ mod sigkill {
                 .unwrap()
                 .as_nanos() as u64
         });
-        let kills = env_u64("IDEMSTORE_KILLS").unwrap_or(5);
+        let kills = env_u64("IDEMSTORE_KILLS").unwrap_or(10);
         eprintln!("IDEMSTORE_SEED={seed} IDEMSTORE_KILLS={kills}");
         let mut rng = SplitMix(seed);
         let dir = tempfile::tempdir().unwrap();
