@@ -325,15 +325,17 @@ fn main() {
         templates: RefCell::new(scale::Templates::new(tmp.path().join("templates"))),
     };
     let wants_redis = plan.engines.iter().any(|k| k.is_redis());
-    let redis = if wants_redis && !listing {
-        redis::probe(&tmp.path().join("redis-probe"))
-    } else {
-        Err("not part of this run".into())
+    let redis = match (wants_redis, listing) {
+        (false, _) => Err("not part of this run".into()),
+        // Listing starts nothing: name the Redis cases as if it were there.
+        (true, true) => Ok("(not probed)".into()),
+        (true, false) => redis::probe(&tmp.path().join("redis-probe")),
     };
-    if let Err(why) = &redis {
-        if wants_redis && !listing {
-            println!("redis unavailable: {why}");
-        }
+    if let Err(why) = &redis
+        && wants_redis
+        && !listing
+    {
+        println!("redis unavailable: {why}");
     }
     let mut results: Vec<CaseResult> = Vec::new();
 
@@ -360,14 +362,14 @@ fn main() {
                         kind,
                         outcome,
                     };
-                    if kind.is_redis() {
-                        if let Err(why) = &redis {
-                            if !listing {
-                                println!("{label}: redis unavailable: {why}");
-                                results.push(result(Outcome::Unavailable(why.clone())));
-                            }
-                            continue;
+                    if kind.is_redis()
+                        && let Err(why) = &redis
+                    {
+                        if !listing {
+                            println!("{label}: redis unavailable: {why}");
+                            results.push(result(Outcome::Unavailable(why.clone())));
                         }
+                        continue;
                     }
                     let id = BenchmarkId::new(kind.name(), t);
                     let measured = bench_case(

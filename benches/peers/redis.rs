@@ -134,10 +134,10 @@ impl RedisEngine {
                     engine.log_tail()
                 ));
             }
-            if let Ok(mut c) = engine.connect() {
-                if c.command(&[b"PING"]) == Reply::Simple("PONG".into()) {
-                    return Ok(engine);
-                }
+            if let Ok(mut c) = engine.connect()
+                && c.command(&[b"PING"]) == Reply::Simple("PONG".into())
+            {
+                return Ok(engine);
             }
             if Instant::now() > deadline {
                 return Err(format!(

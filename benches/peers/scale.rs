@@ -80,7 +80,13 @@ pub fn child_main() -> bool {
 }
 
 fn run_child(mode: &str, path: &Path, live: u64) -> HashMap<String, f64> {
-    let exe = std::env::current_exe().expect("current exe");
+    // /proc/self/exe runs this very binary even when a rebuild replaced the file meanwhile.
+    let exe = Path::new("/proc/self/exe");
+    let exe = if exe.exists() {
+        exe.to_path_buf()
+    } else {
+        std::env::current_exe().expect("current exe")
+    };
     let out = Command::new(exe)
         .env(CHILD, mode)
         .env(CHILD_PATH, path)
