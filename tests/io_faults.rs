@@ -40,8 +40,8 @@
 mod ack_model;
 
 use ack_model::{
-    Effect, KeyModel, MOVING_RECORD, Model, Rng, advance, env_u64, panic_count, random_op,
-    response_for, sweep, take_errors,
+    Effect, KeyModel, MOVING_RECORD, Model, Rng, env_u64, panic_count, random_step, response_for,
+    take_errors,
 };
 use idemstore::sim_disk::{FaultSwitch, FaultyFile, Op, SimDisk};
 use idemstore::{Builder, ClaimOutcome, Error, Fingerprint, Key, ManualClock, Response, Store};
@@ -296,24 +296,8 @@ impl<'d> Workload<'d> {
 
     /// A random step: the clock, a sweep, or an operation on a random key.
     fn step(&mut self, store: &Store, failures: bool) -> Result<Effect, String> {
-        if self.rng.chance(12) {
-            advance(&mut self.rng, &self.clock, LEASE, TTL);
-            self.model.ctx.now = self.clock.now_ms();
-            return Ok(Effect::Answered);
-        }
-        if self.rng.chance(5) {
-            return sweep(store, failures);
-        }
-        let m = &mut self.model;
-        let k = self.rng.below(m.keys.len() as u64) as usize;
-        random_op(
-            &mut self.rng,
-            store,
-            &mut m.keys[k],
-            &m.ctx,
-            &mut m.tokens,
-            failures,
-        )
+        let (rng, clock, model) = (&mut self.rng, &self.clock, &mut self.model);
+        random_step(rng, clock, (LEASE, TTL), model, store, failures)
     }
 
     /// Every error answered since the last check is typed and names the fault.

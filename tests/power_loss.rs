@@ -46,8 +46,8 @@
 mod ack_model;
 
 use ack_model::{
-    Ctx, Effect, Info, KeyModel, MOVING_RECORD_SEEN, Model, Phase, Rec, Rng, Tokens, advance,
-    base_seed, env_u64, mix, panic_count, random_op, response_for, short, sweep, take_errors,
+    Ctx, Effect, Info, KeyModel, MOVING_RECORD_SEEN, Model, Phase, Rec, Rng, Tokens, base_seed,
+    env_u64, mix, panic_count, random_op, random_step, response_for, short, sweep, take_errors,
     token_of,
 };
 use idemstore::sim_disk::{Op, SimDisk};
@@ -345,24 +345,8 @@ impl Run {
 
     /// A random step with the clock or on a random key, by this thread alone.
     fn sequential_step(&mut self, store: &Store, failures: bool) -> Result<Effect, String> {
-        if self.rng.chance(12) {
-            advance(&mut self.rng, &self.clock, LEASE, TTL);
-            self.model.ctx.now = self.clock.now_ms();
-            return Ok(Effect::Answered);
-        }
-        if self.rng.chance(5) {
-            return sweep(store, failures);
-        }
-        let m = &mut self.model;
-        let k = self.rng.below(m.keys.len() as u64) as usize;
-        random_op(
-            &mut self.rng,
-            store,
-            &mut m.keys[k],
-            &m.ctx,
-            &mut m.tokens,
-            failures,
-        )
+        let (rng, clock, model) = (&mut self.rng, &self.clock, &mut self.model);
+        random_step(rng, clock, (LEASE, TTL), model, store, failures)
     }
 
     /// The machine stops at the `m`-th disk operation from now; the workload runs on until the

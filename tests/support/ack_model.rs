@@ -941,6 +941,34 @@ pub fn sweep(store: &Store, failures: bool) -> Result<Effect, String> {
     }
 }
 
+/// One random step of a campaign: a clock move, a sweep, or an operation on a random key.
+pub fn random_step(
+    rng: &mut Rng,
+    clock: &idemstore::ManualClock,
+    (lease, ttl): (Duration, Duration),
+    model: &mut Model,
+    store: &Store,
+    failures: bool,
+) -> Result<Effect, String> {
+    if rng.chance(12) {
+        advance(rng, clock, lease, ttl);
+        model.ctx.now = clock.now_ms();
+        return Ok(Effect::Answered);
+    }
+    if rng.chance(5) {
+        return sweep(store, failures);
+    }
+    let k = rng.below(model.keys.len() as u64) as usize;
+    random_op(
+        rng,
+        store,
+        &mut model.keys[k],
+        &model.ctx,
+        &mut model.tokens,
+        failures,
+    )
+}
+
 /// Moves the clock: mostly a little, often past a lease, sometimes past lifetimes.
 pub fn advance(rng: &mut Rng, clock: &idemstore::ManualClock, lease: Duration, ttl: Duration) {
     let ms = match rng.below(100) {
