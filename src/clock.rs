@@ -124,8 +124,13 @@ impl StoreTime {
     /// The current time: the clock, or the highest time already used if the clock stepped back.
     pub(crate) fn now(&self) -> Millis {
         let t = self.clock.now_ms();
-        let prev = self.high_water.fetch_max(t, Ordering::AcqRel);
-        prev.max(t)
+        // Read first: most calls (every claim loser) find the mark already there, and a plain
+        // load keeps the shared cache line clean instead of writing it on every call.
+        let seen = self.high_water.load(Ordering::Acquire);
+        if t <= seen {
+            return seen;
+        }
+        self.high_water.fetch_max(t, Ordering::AcqRel).max(t)
     }
 }
 
