@@ -15,7 +15,7 @@
 use crate::codec::{self, Record};
 use crate::config::{Config, Layout};
 use crate::error::{Error, Result};
-use crate::index::{Index, Slot};
+use crate::index::{Index, Loader, Slot};
 use crate::key::{Key, KeySeeds};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Bound;
@@ -239,7 +239,7 @@ fn open_and_load(
         })?;
         meta.insert(M_EPOCH, e)?;
         high_water = get(&meta, M_HIGH_WATER)?.unwrap_or(0);
-        let max_seq = load(&txn, config.layout, seeds, index)?;
+        let max_seq = load(&txn, config.layout, seeds, index, epoch)?;
         let reserved = get(&meta, M_SEQ)?.unwrap_or(1);
         next_seq = reserved.max(max_seq + 1);
         seq_reserved = next_seq + SEQ_BLOCK;
@@ -262,16 +262,21 @@ fn load(
     layout: Layout,
     seeds: &KeySeeds,
     index: &Index,
+    epoch: u32,
 ) -> Result<u64> {
     let mut max_seq = 0;
+    let expected = match layout {
+        Layout::TimeOrdered => txn.open_table(RECORDS)?.len()?,
+        Layout::KeyOrdered => txn.open_table(BY_KEY)?.len()?,
+    };
+    let mut loader = Loader::new(index, usize::try_from(expected).unwrap_or(0));
     let mut add = |digest: u128, entry: &crate::machine::Entry| {
         max_seq = max_seq.max(entry.token);
-        index.insert_newest(digest, Slot::new(entry));
+        loader.add(digest, Slot::new(entry, epoch));
     };
     match layout {
         Layout::TimeOrdered => {
             let table = txn.open_table(RECORDS)?;
-            index.reserve(usize::try_from(table.len()?).unwrap_or(0));
             for row in table.iter()? {
                 let (k, v) = row?;
                 let (expires_at, seq) = k.value();
@@ -299,6 +304,7 @@ fn load(
             }
         }
     }
+    loader.finish();
     Ok(max_seq)
 }
 
@@ -418,7 +424,7 @@ fn check(record: Record, key: &Key, slot: &Slot) -> Result<Option<Record>> {
         });
     }
     // `None` when the record was rewritten since the slot was read.
-    Ok((Slot::new(&record.entry) == *slot).then_some(record))
+    Ok(slot.describes(&record.entry).then_some(record))
 }
 
 fn read_time(

@@ -280,23 +280,24 @@ impl Store {
                 return Ok(None);
             };
             let now = shared.time.now();
-            let answer = match machine::claim(Some(&slot.entry()), fp, &shared.rules(now)) {
-                ClaimDecision::Acquire { .. } => return Ok(None),
-                ClaimDecision::Mismatch => ClaimOutcome::Mismatch,
-                ClaimDecision::InFlight {
-                    lease_until,
-                    attempt,
-                } => ClaimOutcome::InFlight {
-                    retry_after: Duration::from_millis(lease_until - now),
-                    attempt,
-                },
-                ClaimDecision::Replay => match self.read_record(key, &slot)? {
-                    Some(record) => writer::replay_of(record)?,
-                    // The record moved on (expired and swept, or expired by an operator)
-                    // between the lookup and the read: look again.
-                    None => continue,
-                },
-            };
+            let answer =
+                match machine::claim(Some(&slot.entry(shared.epoch)), fp, &shared.rules(now)) {
+                    ClaimDecision::Acquire { .. } => return Ok(None),
+                    ClaimDecision::Mismatch => ClaimOutcome::Mismatch,
+                    ClaimDecision::InFlight {
+                        lease_until,
+                        attempt,
+                    } => ClaimOutcome::InFlight {
+                        retry_after: Duration::from_millis(lease_until - now),
+                        attempt,
+                    },
+                    ClaimDecision::Replay => match self.read_record(key, &slot)? {
+                        Some(record) => writer::replay_of(record)?,
+                        // The record moved on (expired and swept, or expired by an operator)
+                        // between the lookup and the read: look again.
+                        None => continue,
+                    },
+                };
             let c = &shared.counters;
             Counters::bump(match &answer {
                 ClaimOutcome::Mismatch => &c.mismatches,
@@ -359,8 +360,12 @@ impl Store {
         // can refuse a stale token without a trip to the writer.
         let slot = self.shared.index.get(digest);
         let now = self.shared.time.now();
-        if machine::owner(slot.map(|s| s.entry()).as_ref(), lease.token, kind, now)
-            == OwnerDecision::Stale
+        if machine::owner(
+            slot.map(|s| s.entry(self.shared.epoch)).as_ref(),
+            lease.token,
+            kind,
+            now,
+        ) == OwnerDecision::Stale
         {
             Counters::bump(&self.shared.counters.stale_token_rejections);
             return Err(Error::StaleLease { token: lease.token });
@@ -396,7 +401,7 @@ impl Store {
             let Some(slot) = self.shared.index.get(digest) else {
                 return Ok(None);
             };
-            let e = slot.entry();
+            let e = slot.entry(self.shared.epoch);
             if !e.is_live(self.shared.time.now()) {
                 return Ok(None);
             }

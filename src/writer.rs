@@ -500,7 +500,11 @@ impl BatchCtx<'_, '_> {
         let cur = self.current(digest);
         let now = self.rules.now;
         Ok(
-            match machine::claim(cur.map(|s| s.entry()).as_ref(), fingerprint, &self.rules) {
+            match machine::claim(
+                cur.map(|s| s.entry(self.rules.epoch)).as_ref(),
+                fingerprint,
+                &self.rules,
+            ) {
                 ClaimDecision::Acquire { .. }
                     if !cur.is_some_and(|s| s.is_in_flight()) && self.at_in_flight_limit() =>
                 {
@@ -516,7 +520,7 @@ impl BatchCtx<'_, '_> {
                     let seq = w.alloc_seq();
                     let entry =
                         machine::acquired_entry(seq, attempt, fingerprint, ttl_ms, &self.rules);
-                    let slot = Slot::new(&entry);
+                    let slot = Slot::new(&entry, self.rules.epoch);
                     self.tables.put(
                         &key,
                         cur.as_ref(),
@@ -570,7 +574,12 @@ impl BatchCtx<'_, '_> {
     ) -> Result<Result<Option<Millis>>> {
         let cur = self.current(digest);
         let now = self.rules.now;
-        let old = match machine::owner(cur.map(|s| s.entry()).as_ref(), token, kind, now) {
+        let old = match machine::owner(
+            cur.map(|s| s.entry(self.rules.epoch)).as_ref(),
+            token,
+            kind,
+            now,
+        ) {
             OwnerDecision::Stale => return Ok(Err(Error::StaleLease { token })),
             OwnerDecision::AlreadyDone => return Ok(Ok(None)),
             OwnerDecision::Apply => cur.expect("an applied owner operation has an entry"),
@@ -581,11 +590,11 @@ impl BatchCtx<'_, '_> {
                 self.overlay.insert(digest, None);
                 return Ok(Ok(None));
             }
-            OwnerOp::Complete => machine::completed_entry(&old.entry(), now),
-            OwnerOp::Renew => machine::renewed_entry(&old.entry(), &self.rules),
+            OwnerOp::Complete => machine::completed_entry(&old.entry(self.rules.epoch), now),
+            OwnerOp::Renew => machine::renewed_entry(&old.entry(self.rules.epoch), &self.rules),
         };
         // Same token and expiry: the record is rewritten in place.
-        let slot = Slot::new(&entry);
+        let slot = Slot::new(&entry, self.rules.epoch);
         self.tables.put(
             key,
             Some(&old),
