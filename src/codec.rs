@@ -139,6 +139,89 @@ pub(crate) fn scoped_key_bytes(key: &Key) -> Vec<u8> {
     out
 }
 
+/// The codec for the `codec` fuzz target (feature `test-util`; not part of the API). Each
+/// function panics when a property of the codec does not hold.
+#[cfg(feature = "test-util")]
+pub mod probe {
+    use super::{Entry, Error, Key, Record, Response, decode, decode_head, encode};
+    use crate::key::Fingerprint;
+    use crate::machine::State;
+
+    /// Decodes arbitrary bytes: never panics; when the record decodes, its head decodes to
+    /// the same key and entry, and encoding it again decodes to the same record. Answers
+    /// whether it decoded.
+    pub fn decode_any(bytes: &[u8]) -> bool {
+        let head = decode_head(bytes);
+        let full = match decode(bytes) {
+            Ok(record) => record,
+            Err(Error::Corrupt { .. }) => return false,
+            Err(other) => panic!("decode answered a non-corruption error: {other}"),
+        };
+        let (key, entry) = head.expect("a record that decodes has a head that decodes");
+        let seeds = crate::key::KeySeeds::new();
+        assert_eq!(key.digest(&seeds), full.key.digest(&seeds), "head key");
+        assert_eq!(entry, full.entry, "head entry");
+        let again = encode(&full.key, &full.entry, full.response.as_ref());
+        assert_eq!(decode(&again).expect("re-encoded record decodes"), full);
+        true
+    }
+
+    /// The parts of a record, as plain values.
+    #[allow(missing_docs, reason = "the fields are the record's, documented on `Parts`")]
+    #[derive(Clone, Debug)]
+    pub struct Parts {
+        pub scope: Vec<u8>,
+        pub key: Vec<u8>,
+        pub expires_at: u64,
+        pub fingerprint: Option<u128>,
+        pub token: u64,
+        pub attempt: u32,
+        /// `Some((lease_until, epoch))` in flight, `None` completed at `expires_at / 2`.
+        pub in_flight: Option<(u64, u32)>,
+        pub response: Option<Response>,
+    }
+
+    /// Encodes `parts`, decodes them back (whole and head) byte-exact, then checks that every
+    /// truncation, an appended byte and a flipped bit at `flip` are refused as corrupt.
+    pub fn round_trip(parts: Parts, flip: (usize, u8)) {
+        let record = Record {
+            key: Key::new(parts.scope, parts.key),
+            entry: Entry {
+                expires_at: parts.expires_at,
+                fingerprint: parts.fingerprint.map(Fingerprint),
+                token: parts.token,
+                attempt: parts.attempt,
+                state: match parts.in_flight {
+                    Some((lease_until, epoch)) => State::InFlight { lease_until, epoch },
+                    None => State::Completed {
+                        completed_at: parts.expires_at / 2,
+                    },
+                },
+            },
+            response: parts.response,
+        };
+        let bytes = encode(&record.key, &record.entry, record.response.as_ref());
+        assert_eq!(decode(&bytes).expect("an encoded record decodes"), record);
+        let (key, entry) = decode_head(&bytes).expect("an encoded record's head decodes");
+        let seeds = crate::key::KeySeeds::new();
+        assert_eq!(key.digest(&seeds), record.key.digest(&seeds));
+        assert_eq!(entry, record.entry);
+        let corrupt = |b: &[u8]| matches!(decode(b), Err(Error::Corrupt { .. }));
+        for cut in [0, 1, 8, 9, bytes.len() / 2, bytes.len() - 1] {
+            assert!(corrupt(&bytes[..cut.min(bytes.len() - 1)]), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(corrupt(&longer), "a trailing byte");
+        if flip.1 != 0 {
+            let mut flipped = bytes;
+            let at = flip.0 % flipped.len();
+            flipped[at] ^= flip.1;
+            assert!(corrupt(&flipped), "xor {:#x} at {}", flip.1, flip.0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,6 +123,9 @@ mod writer;
 
 #[cfg(feature = "test-util")]
 pub use clock::ManualClock;
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub use codec::probe as codec_probe;
 pub use config::{Builder, Durability, Layout, Takeover};
 pub use error::{Error, Result};
 pub use key::{Fingerprint, Key, Response};

@@ -1,4 +1,5 @@
-//! The record codec, through the public API (the codec itself is private):
+//! Records read back from a store file, through the public API (the `codec` target fuzzes the
+//! codec alone, much faster; this one covers what the store does with what it decodes):
 //!
 //! - `Raw` plants arbitrary bytes as a record value in the store file's record table;
 //!   `Mutated` plants a real record with bytes changed, cut or appended. With `reseal`, the
