@@ -167,7 +167,10 @@ pub mod probe {
     }
 
     /// The parts of a record, as plain values.
-    #[allow(missing_docs, reason = "the fields are the record's, documented on `Parts`")]
+    #[allow(
+        missing_docs,
+        reason = "the fields are the record's, documented on `Parts`"
+    )]
     #[derive(Clone, Debug)]
     pub struct Parts {
         pub scope: Vec<u8>,

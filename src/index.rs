@@ -227,48 +227,96 @@ impl Index {
 
     /// Files `slot` unless the directory already holds a newer record (higher token) of the key.
     fn insert_newest(&self, shard: &mut Shard, digest: u128, slot: Slot) {
-        match shard.get_mut(&Filed::of(digest)) {
-            None => {
-                shard.insert(Filed::of(digest), slot);
+        use std::collections::hash_map::Entry;
+        match shard.entry(Filed::of(digest)) {
+            Entry::Vacant(v) => {
+                v.insert(slot);
                 self.count(None, Some(&slot));
             }
-            Some(cur) if cur.token() < slot.token() => {
-                let old = std::mem::replace(cur, slot);
+            Entry::Occupied(mut o) if o.get().token() < slot.token() => {
+                let old = o.insert(slot);
                 self.count(Some(&old), Some(&slot));
             }
-            Some(_) => {}
+            Entry::Occupied(_) => {}
         }
     }
 }
 
-/// Rows buffered by a [`Loader`] before they are filed.
+/// Rows a [`Filler`] buffers before handing them to the filing thread.
 const LOAD_CHUNK: usize = 1 << 18;
 
-/// Fills a fresh directory from a scan of the records (which come in expiry order, random
-/// with respect to digests). Rows are grouped by shard a chunk at a time and each group is
-/// filed under one lock, so consecutive inserts land in one shard's table (which fits in the
-/// CPU caches) instead of jumping across the whole directory: at 10 M keys this is what the
-/// reopen time is made of.
-pub(crate) struct Loader<'a> {
-    index: &'a Index,
-    parts: Vec<Vec<(u128, Slot)>>,
-    held: usize,
-}
+/// A chunk of rows grouped by shard.
+type Parts = Vec<Vec<(u128, Slot)>>;
 
-impl<'a> Loader<'a> {
-    /// A loader for `expected` records (room is reserved for them).
-    pub(crate) fn new(index: &'a Index, expected: usize) -> Self {
-        for shard in index.shards.iter() {
+impl Index {
+    /// Fills this fresh directory (nobody else reads it yet) with the rows `scan` adds to the
+    /// [`Filler`] it is given, for about `expected` records; answers what `scan` answers.
+    ///
+    /// The records come in expiry order, random with respect to digests. Rows are grouped by
+    /// shard a chunk at a time and each group is filed under one lock, so consecutive inserts
+    /// land in one shard's table (a few MB, within the CPU caches) instead of jumping across
+    /// the whole directory; and the chunks are filed by a second thread while `scan` goes on
+    /// reading (inline if that thread cannot be started).
+    pub(crate) fn fill<T>(&self, expected: usize, scan: impl FnOnce(&mut Filler) -> T) -> T {
+        for shard in self.shards.iter() {
             shard.lock().reserve(expected / SHARDS + 1);
         }
         let per_part = expected.min(LOAD_CHUNK) / SHARDS + 1;
-        Loader {
-            index,
-            parts: (0..SHARDS).map(|_| Vec::with_capacity(per_part)).collect(),
-            held: 0,
-        }
+        let new_parts =
+            move || -> Parts { (0..SHARDS).map(|_| Vec::with_capacity(per_part)).collect() };
+        std::thread::scope(|scope| {
+            let (full_tx, full_rx) = crossbeam_channel::bounded::<Parts>(1);
+            let (spare_tx, spare_rx) = crossbeam_channel::bounded::<Parts>(2);
+            let filer = std::thread::Builder::new()
+                .name("idemstore-load".into())
+                .spawn_scoped(scope, move || {
+                    for mut parts in full_rx {
+                        self.file(&mut parts);
+                        let _ = spare_tx.send(parts);
+                    }
+                });
+            let mut filler = Filler {
+                index: self,
+                parts: new_parts(),
+                held: 0,
+                new_parts: &new_parts,
+                filer: filer.is_ok().then_some((full_tx, spare_rx)),
+            };
+            let answer = scan(&mut filler);
+            filler.flush();
+            // Dropping the filler closes the channel: the filing thread ends, the scope joins it.
+            answer
+        })
     }
 
+    /// Files every row of `parts` (emptying it), one shard lock per group.
+    fn file(&self, parts: &mut Parts) {
+        for (part, shard) in parts.iter_mut().zip(self.shards.iter()) {
+            if part.is_empty() {
+                continue;
+            }
+            let mut shard = shard.lock();
+            for (digest, slot) in part.drain(..) {
+                self.insert_newest(&mut shard, digest, slot);
+            }
+        }
+    }
+}
+
+/// Collects the rows of [`Index::fill`].
+pub(crate) struct Filler<'a> {
+    index: &'a Index,
+    parts: Parts,
+    held: usize,
+    new_parts: &'a dyn Fn() -> Parts,
+    /// Full chunks to the filing thread, emptied ones back.
+    filer: Option<(
+        crossbeam_channel::Sender<Parts>,
+        crossbeam_channel::Receiver<Parts>,
+    )>,
+}
+
+impl Filler<'_> {
     /// Files `slot` unless the directory holds a newer record (higher token) of the key.
     pub(crate) fn add(&mut self, digest: u128, slot: Slot) {
         self.parts[Index::shard_no(digest)].push((digest, slot));
@@ -279,21 +327,20 @@ impl<'a> Loader<'a> {
     }
 
     fn flush(&mut self) {
-        for (part, shard) in self.parts.iter_mut().zip(self.index.shards.iter()) {
-            if part.is_empty() {
-                continue;
-            }
-            let mut shard = shard.lock();
-            for (digest, slot) in part.drain(..) {
-                self.index.insert_newest(&mut shard, digest, slot);
-            }
-        }
         self.held = 0;
-    }
-
-    /// Files what is still buffered.
-    pub(crate) fn finish(mut self) {
-        self.flush();
+        if let Some((full, spare)) = &self.filer {
+            let next = spare.try_recv().unwrap_or_else(|_| (self.new_parts)());
+            let parts = std::mem::replace(&mut self.parts, next);
+            match full.send(parts) {
+                Ok(()) => {}
+                // The filing thread is gone (it panicked): file here.
+                Err(crossbeam_channel::SendError(mut parts)) => self.index.file(&mut parts),
+            }
+        } else {
+            let mut parts = std::mem::take(&mut self.parts);
+            self.index.file(&mut parts);
+            self.parts = parts;
+        }
     }
 }
 
@@ -369,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn the_loader_keeps_the_newest_record_of_each_key_across_chunks() {
+    fn filling_keeps_the_newest_record_of_each_key_across_chunks() {
         let index = Index::new();
         let entry = |token, completed| Entry {
             expires_at: 10_000 + token,
@@ -386,23 +433,24 @@ mod tests {
             },
         };
         let n = LOAD_CHUNK as u64 + 1_000;
-        let mut loader = Loader::new(&index, 10);
-        // Every key twice, the newer record first for even keys and last for odd ones; the
-        // last keys' second copies come after the first chunk was filed.
-        for round in 0..2u64 {
-            for k in 0..n / 2 {
-                let digest = u128::from(k).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
-                let newer_first = k % 2 == 0;
-                let token = if (round == 0) == newer_first {
-                    2 * k + 2
-                } else {
-                    2 * k + 1
-                };
-                // Newer records are completed, older ones in flight.
-                loader.add(digest, Slot::new(&entry(token, token % 2 == 0), 2));
+        index.fill(10, |loader| {
+            // Every key twice, the newer record first for even keys and last for odd ones; the
+            // last keys' second copies come after the first chunk was filed.
+            for round in 0..2u64 {
+                for k in 0..n / 2 {
+                    let digest =
+                        u128::from(k).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+                    let newer_first = k % 2 == 0;
+                    let token = if (round == 0) == newer_first {
+                        2 * k + 2
+                    } else {
+                        2 * k + 1
+                    };
+                    // Newer records are completed, older ones in flight.
+                    loader.add(digest, Slot::new(&entry(token, token % 2 == 0), 2));
+                }
             }
-        }
-        loader.finish();
+        });
         assert_eq!(index.len() as u64, n / 2);
         assert_eq!(
             index.in_flight(),

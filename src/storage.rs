@@ -15,7 +15,7 @@
 use crate::codec::{self, Record};
 use crate::config::{Config, Layout};
 use crate::error::{Error, Result};
-use crate::index::{Index, Loader, Slot};
+use crate::index::{Index, Slot};
 use crate::key::{Key, KeySeeds};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Bound;
@@ -202,6 +202,10 @@ fn open_and_load(
     seeds: &KeySeeds,
     bump_epoch: bool,
 ) -> Result<Opened> {
+    let _prefetch = match (target, creation) {
+        (Target::Path(path), Creation::Existing) => Prefetch::start(path),
+        _ => None,
+    };
     let db = open_db(target, creation.tmp(), config)?;
     let txn = db.begin_write()?;
     let (epoch, next_seq, seq_reserved, high_water);
@@ -255,6 +259,56 @@ fn open_and_load(
     })
 }
 
+/// Reads an existing store file from start to end in a background thread while it is opened,
+/// so the scan of the records (which reads B-tree pages one at a time, about 180 MB/s from a
+/// cold cache on the disks measured) finds them in the page cache (a sequential read runs at
+/// about 500 MB/s there). Only when the file fits comfortably in the memory the kernel reports
+/// available; stops when dropped.
+struct Prefetch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Prefetch {
+    fn start(path: &Path) -> Option<Prefetch> {
+        let file = std::fs::File::open(path).ok()?;
+        let len = file.metadata().ok()?.len();
+        if len.saturating_mul(2) > available_memory()? {
+            return None;
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("idemstore-prefetch".into())
+            .spawn(move || {
+                use std::io::Read;
+                let mut file = file;
+                let mut buf = vec![0u8; 1 << 20];
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    match file.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .ok()?;
+        Some(Prefetch { stop })
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes (`None` elsewhere than Linux).
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
 /// Loads every record into the directory (the newest per key, should a file ever hold two)
 /// and returns the highest token seen.
 fn load(
@@ -269,42 +323,43 @@ fn load(
         Layout::TimeOrdered => txn.open_table(RECORDS)?.len()?,
         Layout::KeyOrdered => txn.open_table(BY_KEY)?.len()?,
     };
-    let mut loader = Loader::new(index, usize::try_from(expected).unwrap_or(0));
-    let mut add = |digest: u128, entry: &crate::machine::Entry| {
-        max_seq = max_seq.max(entry.token);
-        loader.add(digest, Slot::new(entry, epoch));
-    };
-    match layout {
-        Layout::TimeOrdered => {
-            let table = txn.open_table(RECORDS)?;
-            for row in table.iter()? {
-                let (k, v) = row?;
-                let (expires_at, seq) = k.value();
-                // The checksum covers the whole record; only its key and entry are decoded.
-                let (key, entry) =
-                    codec::decode_head(v.value()).map_err(|e| at(e, expires_at, seq))?;
-                if (entry.expires_at, entry.token) != (expires_at, seq) {
-                    return Err(at(
-                        Error::Corrupt {
-                            detail: "expiry or token differs from the record's position".into(),
-                        },
-                        expires_at,
-                        seq,
-                    ));
+    index.fill(usize::try_from(expected).unwrap_or(0), |filler| {
+        let mut add = |digest: u128, entry: &crate::machine::Entry| {
+            max_seq = max_seq.max(entry.token);
+            filler.add(digest, Slot::new(entry, epoch));
+        };
+        match layout {
+            Layout::TimeOrdered => {
+                let table = txn.open_table(RECORDS)?;
+                for row in table.iter()? {
+                    let (k, v) = row?;
+                    let (expires_at, seq) = k.value();
+                    // The checksum covers the whole record; only its key and entry are decoded.
+                    let (key, entry) =
+                        codec::decode_head(v.value()).map_err(|e| at(e, expires_at, seq))?;
+                    if (entry.expires_at, entry.token) != (expires_at, seq) {
+                        return Err(at(
+                            Error::Corrupt {
+                                detail: "expiry or token differs from the record's position".into(),
+                            },
+                            expires_at,
+                            seq,
+                        ));
+                    }
+                    add(key.digest(seeds), &entry);
                 }
-                add(key.digest(seeds), &entry);
+            }
+            Layout::KeyOrdered => {
+                let table = txn.open_table(BY_KEY)?;
+                for row in table.iter()? {
+                    let (_, v) = row?;
+                    let (record, _) = decode_with_seq(v.value())?;
+                    add(record.key.digest(seeds), &record.entry);
+                }
             }
         }
-        Layout::KeyOrdered => {
-            let table = txn.open_table(BY_KEY)?;
-            for row in table.iter()? {
-                let (_, v) = row?;
-                let (record, _) = decode_with_seq(v.value())?;
-                add(record.key.digest(seeds), &record.entry);
-            }
-        }
-    }
-    loader.finish();
+        Ok(())
+    })?;
     Ok(max_seq)
 }
 
