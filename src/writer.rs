@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::oneshot::Batch;
 pub(crate) use crate::oneshot::Reply;
 
 /// A batch's directory changes, published after its commit (`None`: the key is gone).
@@ -93,14 +94,14 @@ impl Done {
         }
     }
 
-    /// Answers the caller.
-    fn send(self) {
+    /// Stores the caller's answer; `batch.start()` wakes the callers.
+    fn store(self, batch: &mut Batch) {
         match self {
-            Done::Claim(r, v) => r.send(v),
-            Done::Owner(r, _, v) => r.send(v),
-            Done::Expire(r, v) => r.send(v),
-            Done::Flush(r) => r.send(Ok(())),
-            Done::Sweep(r, v) => r.send(v),
+            Done::Claim(r, v) => r.store(v, batch),
+            Done::Owner(r, _, v) => r.store(v, batch),
+            Done::Expire(r, v) => r.store(v, batch),
+            Done::Flush(r) => r.store(Ok(()), batch),
+            Done::Sweep(r, v) => r.store(v, batch),
         }
     }
 
@@ -267,10 +268,12 @@ impl Writer {
                 } else if self.unsynced_since.is_none() {
                     self.unsynced_since = Some(Instant::now());
                 }
+                let mut answers = Batch::new(done.len());
                 for d in done {
                     d.count(&shared.counters);
-                    d.send();
+                    d.store(&mut answers);
                 }
+                answers.start();
             }
             Err(e) => {
                 eprintln!(
