@@ -105,6 +105,7 @@ mod key;
 mod machine;
 mod oneshot;
 mod outcome;
+mod pending;
 #[cfg(feature = "test-util")]
 pub mod sim_disk;
 mod stats;

@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) seeds: KeySeeds,
     pub(crate) index: Index,
+    /// Keys of the batch being committed (see `pending.rs`).
+    pub(crate) pending: crate::pending::Pending,
     pub(crate) time: StoreTime,
     pub(crate) counters: Counters,
     pub(crate) epoch: u32,
@@ -103,6 +105,9 @@ impl std::fmt::Debug for Store {
 
 /// How often a caller looks again when the record it was about to replay moved on meanwhile.
 const REPLAY_LOOKUPS: usize = 4;
+/// Longest wait for the batch committing a key before queueing at the writer anyway (a safety
+/// net: the writer settles every batch).
+const PENDING_WAIT: Duration = Duration::from_secs(1);
 
 impl Store {
     /// Opens (or creates) the store file at `path` with the production defaults: 24-hour
@@ -124,6 +129,7 @@ impl Store {
             time: StoreTime::new(config.clock.clone(), opened.high_water),
             seeds,
             index,
+            pending: crate::pending::Pending::new(),
             counters: Counters::default(),
             epoch: opened.epoch,
             target,
@@ -275,8 +281,17 @@ impl Store {
         fp: Option<Fingerprint>,
     ) -> Result<Option<ClaimOutcome>> {
         let shared = &self.shared;
+        let mut waited = false;
         for _ in 0..REPLAY_LOOKUPS {
             let Some(slot) = shared.index.get(digest) else {
+                // Absent, or being acquired by the batch the writer is committing: then wait
+                // for that commit and read its answer, rather than queue for the next one.
+                if !waited && let Some(batch) = shared.pending.batch_of(digest) {
+                    waited = true;
+                    Counters::bump(&shared.counters.claims_waited_for_commit);
+                    shared.pending.wait(batch, PENDING_WAIT);
+                    continue;
+                }
                 return Ok(None);
             };
             let now = shared.time.now();

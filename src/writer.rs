@@ -136,6 +136,10 @@ pub(crate) struct Writer {
     high_water_persisted: Millis,
     /// With `Durability::Bounded`: when the oldest unsynced acknowledgement was given.
     unsynced_since: Option<Instant>,
+    /// Batches committed or failed so far (the pending marks' batch numbers).
+    batches: u64,
+    /// The keys marked pending for the current batch.
+    marked: Vec<u128>,
 }
 
 impl Writer {
@@ -146,6 +150,8 @@ impl Writer {
             seq_reserved: opened.seq_reserved,
             high_water_persisted: opened.high_water,
             unsynced_since: None,
+            batches: 0,
+            marked: Vec::new(),
         }
     }
 
@@ -250,10 +256,11 @@ impl Writer {
         let result = storage::guard(|| self.build_and_commit(batch, &mut done, durable));
         match result {
             Ok(overlay) => {
-                let shared = &self.shared;
+                let shared = &Arc::clone(&self.shared);
                 for (&digest, &slot) in &overlay {
                     shared.index.set(digest, slot);
                 }
+                self.settle();
                 if let Some(sweep) = &shared.sweep {
                     sweep.schedule_published(overlay.iter());
                 }
@@ -290,6 +297,7 @@ impl Writer {
                         source: source.clone(),
                     });
                 }
+                self.settle();
                 self.recover();
             }
         }
@@ -357,6 +365,10 @@ impl Writer {
         }
         let overlay = std::mem::take(&mut b.overlay);
         drop(b);
+        self.marked.extend(overlay.keys().copied());
+        shared
+            .pending
+            .mark(self.batches + 1, self.marked.iter().copied());
         let mut meta = Vec::with_capacity(2);
         if self.seq_reserved != seq_before {
             meta.push((storage::META_SEQ, self.seq_reserved));
@@ -370,6 +382,14 @@ impl Writer {
         storage::commit(txn, &shared.config, durable)?;
         self.high_water_persisted = self.high_water_persisted.max(now);
         Ok(overlay)
+    }
+
+    /// Settles the current batch's pending marks (see `pending.rs`).
+    fn settle(&mut self) {
+        self.batches += 1;
+        self.shared
+            .pending
+            .settle(self.batches, self.marked.drain(..));
     }
 
     fn alloc_seq(&mut self) -> u64 {

@@ -152,8 +152,9 @@ fn run(keys: usize, orders: Vec<Vec<usize>>) {
     let s = store.stats();
     let (in_flight, replays) = (seen.in_flight.load(Relaxed), seen.replays.load(Relaxed));
     eprintln!(
-        "{keys} keys: {in_flight} in flight, {replays} replays, {} batches for {} operations",
-        s.batches_committed, s.batched_ops
+        "{keys} keys: {in_flight} in flight, {replays} replays, {} batches for {} operations, \
+         {} claims waited for the commit of their key",
+        s.batches_committed, s.batched_ops, s.claims_waited_for_commit
     );
     assert_eq!(s.claims_acquired, keys as u64);
     assert_eq!(s.takeovers, 0);
