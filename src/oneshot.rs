@@ -29,12 +29,21 @@ struct Slot<T> {
 
 /// Something to wake: a slot of any answer type.
 trait Wake: Send + Sync {
-    fn wake(&self);
+    /// Wakes the caller if its answer is still there; `false` when the caller already took it
+    /// (it needs no wake-up, and may have taken it before the batch started, passing nothing
+    /// on: the wake-up goes to the next slot instead).
+    fn wake(&self) -> bool;
 }
 
 impl<T: Send> Wake for Slot<T> {
-    fn wake(&self) {
-        self.ready.notify_one();
+    fn wake(&self) -> bool {
+        let waiting = self.value.lock().is_some();
+        if waiting {
+            // The caller takes its answer after this check, so after the batch started: it
+            // passes the wake-up on, whether this notification finds it parked or not.
+            self.ready.notify_one();
+        }
+        waiting
     }
 }
 
@@ -44,9 +53,9 @@ struct Fanout {
     slots: std::sync::OnceLock<Vec<Arc<dyn Wake>>>,
     /// The next slot to wake.
     next: AtomicUsize,
-    /// Set once every answer of the batch is stored: from then on, waking any slot finds its
-    /// answer there. A caller that found its answer before (it had not parked yet) passes
-    /// nothing on; the tree started by the writer still reaches every slot.
+    /// Set once every answer of the batch is stored. A caller that found its answer before (it
+    /// had not parked yet) passes nothing on; waking skips such slots (their answer is gone),
+    /// so every slot woken passes the wake-up on and the tree reaches every slot.
     started: AtomicBool,
 }
 
@@ -59,10 +68,11 @@ impl Fanout {
         let Some(slots) = self.slots.get() else {
             return;
         };
-        for _ in 0..FAN {
+        let mut woken = 0;
+        while woken < FAN {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             match slots.get(i) {
-                Some(slot) => slot.wake(),
+                Some(slot) => woken += usize::from(slot.wake()),
                 None => return,
             }
         }
@@ -169,6 +179,44 @@ mod tests {
         let (reply, answer) = oneshot::<u32>();
         drop(reply);
         assert!(matches!(answer.wait(), Err(Error::Closed)));
+    }
+
+    /// Callers that take their answers before the batch starts pass nothing on; the callers
+    /// parked behind them must still be woken.
+    #[test]
+    fn early_takers_do_not_stop_the_fanout() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (mut replies, mut early) = (Vec::new(), Vec::new());
+        for i in 0..6usize {
+            let (reply, answer) = oneshot::<usize>();
+            replies.push(reply);
+            if i < 4 {
+                early.push(answer);
+            } else {
+                let tx = done_tx.clone();
+                std::thread::spawn(move || tx.send(answer.wait().unwrap()).unwrap());
+            }
+        }
+        // Let the last two park.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut batch = Batch::new(6);
+        for (i, reply) in replies.into_iter().enumerate() {
+            reply.store(Ok(i), &mut batch);
+        }
+        // The first four take their answers before the batch starts.
+        for (i, answer) in early.into_iter().enumerate() {
+            assert_eq!(answer.wait().unwrap(), i);
+        }
+        batch.start();
+        let mut late: Vec<usize> = (0..2)
+            .map(|_| {
+                done_rx
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("a parked caller was never woken")
+            })
+            .collect();
+        late.sort_unstable();
+        assert_eq!(late, [4, 5]);
     }
 
     #[test]
