@@ -99,12 +99,19 @@ impl Batch {
 
     /// Wakes the callers: every answer is stored.
     pub(crate) fn start(self) {
-        let Batch { fanout, slots } = self;
-        if fanout.slots.set(slots).is_err() {
-            unreachable!("a batch starts once");
+        drop(self);
+    }
+}
+
+/// A batch starts when dropped, so answers already stored are woken even if the writer
+/// unwinds before starting it.
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let slots = std::mem::take(&mut self.slots);
+        if self.fanout.slots.set(slots).is_ok() {
+            self.fanout.started.store(true, Ordering::Release);
+            self.fanout.pass_on();
         }
-        fanout.started.store(true, Ordering::Release);
-        fanout.pass_on();
     }
 }
 

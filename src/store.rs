@@ -288,8 +288,11 @@ impl Store {
                 // for that commit and read its answer, rather than queue for the next one.
                 if !waited && let Some(batch) = shared.pending.batch_of(digest) {
                     waited = true;
-                    Counters::bump(&shared.counters.claims_waited_for_commit);
-                    shared.pending.wait(batch, PENDING_WAIT);
+                    // Published meanwhile (and marked again by a later batch): no need to wait.
+                    if shared.index.get(digest).is_none() {
+                        Counters::bump(&shared.counters.claims_waited_for_commit);
+                        shared.pending.wait(batch, PENDING_WAIT);
+                    }
                     continue;
                 }
                 return Ok(None);
