@@ -103,16 +103,6 @@ fn base() -> &'static Base {
     })
 }
 
-/// Makes the version byte and checksum of `value` valid.
-fn reseal(value: &mut Vec<u8>) {
-    if value.len() < 9 {
-        value.resize(9, 0);
-    }
-    value[0] = 1;
-    let sum = xxhash_rust::xxh3::xxh3_64(&value[9..]);
-    value[1..9].copy_from_slice(&sum.to_le_bytes());
-}
-
 /// Replaces the base record by `value` at `position`, then opens the store and uses it.
 fn plant(position: (u64, u64), value: &[u8]) {
     let b = base();
@@ -197,7 +187,7 @@ fuzz_target!(|input: Input| match input {
         reseal: seal,
     } => {
         if seal {
-            reseal(&mut value);
+            idemstore::codec_probe::reseal(&mut value);
         }
         plant((expires_at, token), &value)
     }
@@ -219,7 +209,7 @@ fuzz_target!(|input: Input| match input {
         }
         value.extend_from_slice(&append);
         if seal {
-            reseal(&mut value);
+            idemstore::codec_probe::reseal(&mut value);
         }
         let position = (expires_at.unwrap_or(b.position.0), b.position.1);
         plant(position, &value);
