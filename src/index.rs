@@ -262,8 +262,6 @@ impl Index {
             shard.lock().reserve(expected / SHARDS + 1);
         }
         let per_part = expected.min(LOAD_CHUNK) / SHARDS + 1;
-        let new_parts =
-            move || -> Parts { (0..SHARDS).map(|_| Vec::with_capacity(per_part)).collect() };
         std::thread::scope(|scope| {
             let (full_tx, full_rx) = crossbeam_channel::bounded::<Parts>(1);
             let (spare_tx, spare_rx) = crossbeam_channel::bounded::<Parts>(2);
@@ -277,9 +275,9 @@ impl Index {
                 });
             let mut filler = Filler {
                 index: self,
-                parts: new_parts(),
+                parts: new_parts(per_part),
                 held: 0,
-                new_parts: &new_parts,
+                per_part,
                 filer: filer.is_ok().then_some((full_tx, spare_rx)),
             };
             let answer = scan(&mut filler);
@@ -303,12 +301,18 @@ impl Index {
     }
 }
 
+/// An empty chunk, each shard's group with room for `per_part` rows.
+fn new_parts(per_part: usize) -> Parts {
+    (0..SHARDS).map(|_| Vec::with_capacity(per_part)).collect()
+}
+
 /// Collects the rows of [`Index::fill`].
 pub(crate) struct Filler<'a> {
     index: &'a Index,
     parts: Parts,
     held: usize,
-    new_parts: &'a dyn Fn() -> Parts,
+    /// Capacity of each shard's group in a new chunk.
+    per_part: usize,
     /// Full chunks to the filing thread, emptied ones back.
     filer: Option<(
         crossbeam_channel::Sender<Parts>,
@@ -329,7 +333,9 @@ impl Filler<'_> {
     fn flush(&mut self) {
         self.held = 0;
         if let Some((full, spare)) = &self.filer {
-            let next = spare.try_recv().unwrap_or_else(|_| (self.new_parts)());
+            let next = spare
+                .try_recv()
+                .unwrap_or_else(|_| new_parts(self.per_part));
             let parts = std::mem::replace(&mut self.parts, next);
             match full.send(parts) {
                 Ok(()) => {}
