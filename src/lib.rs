@@ -102,6 +102,7 @@ mod config;
 mod error;
 mod index;
 mod key;
+mod log;
 mod machine;
 mod oneshot;
 mod outcome;

@@ -198,6 +198,9 @@ struct Shared {
     state: Mutex<DiskState>,
     unlocked: Condvar,
     faults: FaultSwitch,
+    /// The second file of this disk (the store's commit log), made on first use; it shares
+    /// the fault switch and crashes with this one.
+    log: Mutex<Option<SimDisk>>,
 }
 
 impl fmt::Debug for Shared {
@@ -252,11 +255,35 @@ impl SimDisk {
 
     /// A disk whose live and durable images are both `image`.
     pub fn from_image(image: Vec<u8>) -> SimDisk {
-        let disk = Self::new();
+        Self::with_image(image, FaultSwitch::new())
+    }
+
+    fn with_image(image: Vec<u8>, faults: FaultSwitch) -> SimDisk {
+        let disk = SimDisk {
+            shared: Arc::new(Shared {
+                faults,
+                ..Shared::default()
+            }),
+        };
         let mut s = disk.shared.state.lock();
         (s.live, s.durable) = (image.clone(), image);
         drop(s);
         disk
+    }
+
+    /// The disk's second file, for a store's commit log: it shares this disk's fault switch
+    /// (counts and faults cover both files) and [`crash`](Self::crash) takes both down.
+    pub fn log_disk(&self) -> SimDisk {
+        self.shared
+            .log
+            .lock()
+            .get_or_insert_with(|| SimDisk::with_image(Vec::new(), self.faults()))
+            .clone()
+    }
+
+    /// A backend over [`log_disk`](Self::log_disk).
+    pub fn log_backend(&self) -> SimBackend {
+        self.log_disk().backend()
     }
 
     /// A new [`StorageBackend`] over this disk, for `Builder::create_with_backend`. Each backend
@@ -273,8 +300,21 @@ impl SimDisk {
     /// possibly torn at [`SECTOR_SIZE`] granularity, applied in random order. Its length is the
     /// durable length or one the live image had after an unsynced operation. This disk is marked
     /// dead: every later operation of its backends fails with [`crashed_disk`]. Calling `crash`
-    /// again on the dead disk yields other outcomes of the same power loss.
+    /// again on the dead disk yields other outcomes of the same power loss. The
+    /// [`log_disk`](Self::log_disk), if any, crashes too (with its own subset of unsynced writes)
+    /// and becomes the new disk's.
     pub fn crash(&self, seed: u64) -> SimDisk {
+        let crashed = SimDisk::from_image(self.crash_image(seed));
+        let log = self.shared.log.lock().clone();
+        if let Some(log) = log {
+            let image = log.crash_image(seed ^ 0x0005_EED0_F106);
+            *crashed.shared.log.lock() = Some(SimDisk::with_image(image, crashed.faults()));
+        }
+        crashed
+    }
+
+    /// What [`crash`](Self::crash) leaves of this file.
+    fn crash_image(&self, seed: u64) -> Vec<u8> {
         let mut s = self.shared.state.lock();
         s.dead = true;
         self.shared.unlocked.notify_all();
@@ -314,7 +354,7 @@ impl SimDisk {
             }
         }
         image.resize(final_len, 0);
-        SimDisk::from_image(image)
+        image
     }
 
     /// The fault switch of this disk's backends (also for [`FaultSwitch::set_space_limit`]).

@@ -38,6 +38,8 @@ pub struct Stats {
     pub syncs: u64,
     /// Commits that failed (their operations got `OutcomeUnknown`).
     pub failed_commits: u64,
+    /// Durable commits of the store file that emptied the commit log (the log was full).
+    pub checkpoints: u64,
     /// Live keys in the in-memory directory (including expired keys not yet swept).
     pub live_keys: u64,
     /// Keys in flight (claimed, not completed, not yet swept), the figure `max_in_flight` limits.
@@ -69,6 +71,7 @@ pub(crate) struct Counters {
     pub(crate) claims_waited_for_commit: AtomicU64,
     pub(crate) syncs: AtomicU64,
     pub(crate) failed_commits: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
 }
 
 impl Counters {
@@ -103,6 +106,7 @@ impl Counters {
             claims_waited_for_commit: self.claims_waited_for_commit.load(Relaxed),
             syncs: self.syncs.load(Relaxed),
             failed_commits: self.failed_commits.load(Relaxed),
+            checkpoints: self.checkpoints.load(Relaxed),
             live_keys,
             in_flight_keys,
         }

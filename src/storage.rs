@@ -1,7 +1,8 @@
 //! The redb file: tables, format checks, opening and recovery scans, and the two layouts.
 //!
 //! ```text
-//! table idemstore_meta     &str -> u64     format_version, layout, epoch, seq_reserved, clock_high_water
+//! table idemstore_meta     &str -> u64     format_version, layout, epoch, seq_reserved, clock_high_water,
+//!                                          log_generation, log_applied (see `log.rs`)
 //! table idemstore_records  (u64, u64) -> &[u8]
 //!                          key (expires_at ms, token): one record per live key, in expiry order
 //! table idemstore_by_key   &[u8] -> &[u8]  (key-ordered layout, benchmark baseline only)
@@ -11,12 +12,16 @@
 //! its position from claim to expiry (complete and renew overwrite it in place); a takeover or a
 //! claim after expiry writes a new record and removes the old one in the same transaction, so
 //! the table holds one record per key and everything expired is a prefix of it.
+//!
+//! Every row a batch writes or removes is also recorded (`Changes`) for the commit log, which
+//! opening replays into these tables before loading the directory.
 
 use crate::codec::{self, Record};
-use crate::config::{Config, Layout};
+use crate::config::{Config, Durability, Layout};
 use crate::error::{Error, Result};
 use crate::index::{Index, Slot};
 use crate::key::{Key, KeySeeds};
+use crate::log::{self, Changes, Log, LogTable};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -26,8 +31,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("idemstore_meta");
 const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("idemstore_records");
 const BY_KEY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idemstore_by_key");
 
-/// On-disk format version written by this build.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// On-disk format version written by this build. Version 2 added the commit log: a build that
+/// knows only version 1 would ignore the log and lose what it holds.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Sequence numbers (fencing tokens) are reserved durably in blocks of this size, so a token is
 /// never handed out twice, even across crashes, without a meta write per commit.
 pub(crate) const SEQ_BLOCK: u64 = 1 << 20;
@@ -37,8 +43,10 @@ const M_LAYOUT: &str = "layout";
 const M_EPOCH: &str = "epoch";
 const M_SEQ: &str = "seq_reserved";
 pub(crate) const M_HIGH_WATER: &str = "clock_high_water";
+pub(crate) const M_LOG_GEN: &str = "log_generation";
+pub(crate) const M_LOG_APPLIED: &str = "log_applied";
 
-type BackendFactory = dyn Fn() -> Box<dyn redb::StorageBackend> + Send + Sync;
+pub(crate) type BackendFactory = dyn Fn() -> Box<dyn redb::StorageBackend> + Send + Sync;
 
 /// Where the database lives.
 #[derive(Clone)]
@@ -48,7 +56,11 @@ pub(crate) enum Target {
         not(feature = "test-util"),
         allow(dead_code, reason = "built by Builder::open_backend")
     )]
-    Backend(Arc<BackendFactory>),
+    Backend {
+        db: Arc<BackendFactory>,
+        /// The commit log's storage; `None`: no log.
+        log: Option<Arc<BackendFactory>>,
+    },
 }
 
 /// A database freshly opened and scanned.
@@ -58,6 +70,9 @@ pub(crate) struct Opened {
     pub(crate) next_seq: u64,
     pub(crate) seq_reserved: u64,
     pub(crate) high_water: u64,
+    /// The commit log, restarted at a new generation (`None` when the configuration or the
+    /// target has none).
+    pub(crate) log: Option<Log>,
 }
 
 fn layout_code(layout: Layout) -> u64 {
@@ -75,7 +90,7 @@ fn open_db(target: &Target, creating_at: Option<&Path>, config: &Config) -> Resu
     let db = match (target, creating_at) {
         (_, Some(tmp)) => builder.create(tmp),
         (Target::Path(p), None) => builder.create(p),
-        (Target::Backend(factory), None) => builder.create_with_backend(DynBackend(factory())),
+        (Target::Backend { db, .. }, None) => builder.create_with_backend(DynBackend(db())),
     };
     db.map_err(|e| match e {
         redb::DatabaseError::UpgradeRequired(v) => Error::UnsupportedFormat {
@@ -115,8 +130,8 @@ impl Creation {
                 }
             }
             Target::Path(_) => Creation::Existing,
-            Target::Backend(factory) => {
-                let empty = factory().len().map_err(Error::Io)? == 0;
+            Target::Backend { db, .. } => {
+                let empty = db().len().map_err(Error::Io)? == 0;
                 if empty {
                     Creation::NewBackend
                 } else {
@@ -137,10 +152,7 @@ impl Creation {
     fn finish(&self) -> Result<()> {
         if let Creation::NewFile { tmp, path } = self {
             std::fs::rename(tmp, path).map_err(Error::Io)?;
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            std::fs::File::open(dir.unwrap_or(Path::new(".")))
-                .and_then(|d| d.sync_all())
-                .map_err(Error::Io)?;
+            sync_parent(path)?;
         }
         Ok(())
     }
@@ -151,8 +163,8 @@ impl Creation {
             (Creation::NewFile { tmp, .. }, _) => {
                 let _ = std::fs::remove_file(tmp);
             }
-            (Creation::NewBackend, Target::Backend(factory)) => {
-                let _ = factory().set_len(0);
+            (Creation::NewBackend, Target::Backend { db, .. }) => {
+                let _ = db().set_len(0);
             }
             _ => {}
         }
@@ -207,13 +219,14 @@ fn open_and_load(
         _ => None,
     };
     let db = open_db(target, creation.tmp(), config)?;
+    // Only now, holding the database's lock.
+    let log_file = open_log(target, creation, config)?;
     let txn = db.begin_write()?;
-    let (epoch, next_seq, seq_reserved, high_water);
-    {
+    let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>> {
+        Ok(meta.get(k)?.map(|g| g.value()))
+    };
+    let (generation, applied) = {
         let mut meta = txn.open_table(META)?;
-        let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>> {
-            Ok(meta.get(k)?.map(|g| g.value()))
-        };
         match get(&meta, M_FORMAT)? {
             None => {
                 meta.insert(M_FORMAT, u64::from(FORMAT_VERSION))?;
@@ -225,6 +238,9 @@ fn open_and_load(
                     supported: FORMAT_VERSION,
                 });
             }
+            Some(v) if v < u64::from(FORMAT_VERSION) => {
+                meta.insert(M_FORMAT, u64::from(FORMAT_VERSION))?;
+            }
             Some(_) => {}
         }
         if get(&meta, M_LAYOUT)? != Some(layout_code(config.layout)) {
@@ -232,6 +248,19 @@ fn open_and_load(
                 "the file was created with another record layout".into(),
             ));
         }
+        (
+            get(&meta, M_LOG_GEN)?,
+            get(&meta, M_LOG_APPLIED)?.unwrap_or(0),
+        )
+    };
+    // Before anything else is read: frames carry meta rows too.
+    if let (Some(generation), Some(file)) = (generation, &log_file) {
+        replay_log(&txn, config.layout, file.as_ref(), generation, applied)?;
+    }
+    let (epoch, next_seq, seq_reserved, high_water);
+    let next_generation = generation.map_or_else(first_generation, |g| g + 1);
+    {
+        let mut meta = txn.open_table(META)?;
         let old_epoch = get(&meta, M_EPOCH)?.unwrap_or(0);
         let e = if bump_epoch {
             old_epoch + 1
@@ -248,14 +277,124 @@ fn open_and_load(
         next_seq = reserved.max(max_seq + 1);
         seq_reserved = next_seq + SEQ_BLOCK;
         meta.insert(M_SEQ, seq_reserved)?;
+        // A checkpoint: whatever the log held is in this commit.
+        meta.insert(M_LOG_GEN, next_generation)?;
+        meta.insert(M_LOG_APPLIED, 0)?;
     }
     commit(txn, config, true)?;
+    let log = match log_file {
+        Some(file) if config.log_capacity > 0 && config.durability == Durability::Immediate => {
+            Some(Log::new(file, next_generation, config.log_capacity)?)
+        }
+        _ => None,
+    };
     Ok(Opened {
         db,
         epoch,
         next_seq,
         seq_reserved,
         high_water,
+        log,
+    })
+}
+
+/// A new database's first log generation: random, so that a log file left over from another
+/// database can never pass for this one's.
+fn first_generation() -> u64 {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new();
+    (random.hash_one(0u8) >> 2) + 1
+}
+
+/// Opens the commit log of `target` (creating it when the configuration uses one). A new
+/// database starts with an empty log.
+fn open_log(
+    target: &Target,
+    creation: &Creation,
+    config: &Config,
+) -> Result<Option<Box<dyn redb::StorageBackend>>> {
+    let file: Box<dyn redb::StorageBackend> = match target {
+        Target::Path(db_path) => {
+            let path = log::path_for(db_path);
+            let existed = path.exists();
+            if !existed && config.log_capacity == 0 {
+                return Ok(None);
+            }
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(Error::Io)?;
+            if !existed {
+                // The log's directory entry must be durable before any frame in it is.
+                sync_parent(&path)?;
+            }
+            Box::new(log::LogFile(file))
+        }
+        Target::Backend { log: Some(log), .. } => log(),
+        Target::Backend { log: None, .. } => return Ok(None),
+    };
+    if !matches!(creation, Creation::Existing) {
+        file.set_len(0).map_err(Error::Io)?;
+    }
+    Ok(Some(file))
+}
+
+fn sync_parent(path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(Path::new(".")))
+        .and_then(|d| d.sync_all())
+        .map_err(Error::Io)
+}
+
+/// Applies the frames of log `generation` that the database does not hold yet (`applied`
+/// onwards) to `txn`.
+fn replay_log(
+    txn: &redb::WriteTransaction,
+    layout: Layout,
+    file: &dyn redb::StorageBackend,
+    generation: u64,
+    applied: u64,
+) -> Result<u64> {
+    let mut meta = txn.open_table(META)?;
+    let mut rows = Tables::open(txn, layout)?;
+    let bad = |what: &str| Error::Corrupt {
+        detail: format!("commit log: {what}"),
+    };
+    log::replay(file, generation, applied, |e| {
+        match (e.table, &mut rows.rows) {
+            (LogTable::Meta, _) => {
+                let k = std::str::from_utf8(e.key).map_err(|_| bad("a meta key is not UTF-8"))?;
+                match e.value {
+                    Some(v) => {
+                        let v = <[u8; 8]>::try_from(v)
+                            .map_err(|_| bad("a meta value is not 8 bytes"))?;
+                        meta.insert(k, u64::from_le_bytes(v))?;
+                    }
+                    None => {
+                        meta.remove(k)?;
+                    }
+                }
+            }
+            (LogTable::Records, Rows::Time(t)) => {
+                let k = log::parse_record_key(e.key)
+                    .ok_or_else(|| bad("a record key is not 16 bytes"))?;
+                match e.value {
+                    Some(v) => t.insert(k, v)?,
+                    None => t.remove(k)?,
+                };
+            }
+            (LogTable::ByKey, Rows::Key(t)) => {
+                match e.value {
+                    Some(v) => t.insert(e.key, v)?,
+                    None => t.remove(e.key)?,
+                };
+            }
+            (table, _) => return Err(bad(&format!("a {table:?} row in a file of another layout"))),
+        }
+        Ok(())
     })
 }
 
@@ -400,17 +539,27 @@ pub(crate) fn commit(
     Ok(())
 }
 
-/// The record tables of one write transaction, for the writer.
-pub(crate) enum Tables<'t> {
+/// The record tables of one write transaction, for the writer, and the changes made through
+/// them (for the commit log).
+pub(crate) struct Tables<'t> {
+    rows: Rows<'t>,
+    pub(crate) changes: Changes,
+}
+
+enum Rows<'t> {
     Time(redb::Table<'t, (u64, u64), &'static [u8]>),
     Key(redb::Table<'t, &'static [u8], &'static [u8]>),
 }
 
 impl<'t> Tables<'t> {
     pub(crate) fn open(txn: &'t redb::WriteTransaction, layout: Layout) -> Result<Self> {
-        Ok(match layout {
-            Layout::TimeOrdered => Tables::Time(txn.open_table(RECORDS)?),
-            Layout::KeyOrdered => Tables::Key(txn.open_table(BY_KEY)?),
+        let rows = match layout {
+            Layout::TimeOrdered => Rows::Time(txn.open_table(RECORDS)?),
+            Layout::KeyOrdered => Rows::Key(txn.open_table(BY_KEY)?),
+        };
+        Ok(Tables {
+            rows,
+            changes: Changes::default(),
         })
     }
 
@@ -423,47 +572,55 @@ impl<'t> Tables<'t> {
         new: &Slot,
         record: &[u8],
     ) -> Result<()> {
-        match self {
-            Tables::Time(t) => {
+        match &mut self.rows {
+            Rows::Time(t) => {
                 let at = (new.expires_at(), new.token());
                 if let Some(old) = old.filter(|o| (o.expires_at(), o.token()) != at) {
                     t.remove((old.expires_at(), old.token()))?;
+                    let k = log::record_key(old.expires_at(), old.token());
+                    self.changes.remove(LogTable::Records, &k);
                 }
                 t.insert(at, record)?;
+                self.changes
+                    .put(LogTable::Records, &log::record_key(at.0, at.1), record);
             }
-            Tables::Key(t) => {
+            Rows::Key(t) => {
                 let mut value = Vec::with_capacity(8 + record.len());
                 value.extend_from_slice(&new.token().to_be_bytes());
                 value.extend_from_slice(record);
-                t.insert(codec::scoped_key_bytes(key).as_slice(), value.as_slice())?;
+                let k = codec::scoped_key_bytes(key);
+                t.insert(k.as_slice(), value.as_slice())?;
+                self.changes.put(LogTable::ByKey, &k, &value);
             }
         }
         Ok(())
     }
 
     pub(crate) fn remove(&mut self, key: &Key, old: &Slot) -> Result<()> {
-        match self {
-            Tables::Time(t) => {
-                t.remove((old.expires_at(), old.token()))?;
-            }
-            Tables::Key(t) => {
-                t.remove(codec::scoped_key_bytes(key).as_slice())?;
+        match &mut self.rows {
+            Rows::Time(_) => self.remove_at(old.expires_at(), old.token())?,
+            Rows::Key(t) => {
+                let k = codec::scoped_key_bytes(key);
+                t.remove(k.as_slice())?;
+                self.changes.remove(LogTable::ByKey, &k);
             }
         }
         Ok(())
     }
 
     pub(crate) fn get(&self, key: &Key, slot: &Slot) -> Result<Option<Record>> {
-        match self {
-            Tables::Time(t) => read_time(t, key, slot),
-            Tables::Key(t) => read_key(t, key, slot),
+        match &self.rows {
+            Rows::Time(t) => read_time(t, key, slot),
+            Rows::Key(t) => read_key(t, key, slot),
         }
     }
 
     /// Removes the time-ordered record at `(expires_at, seq)` (the sweeper's delete).
     pub(crate) fn remove_at(&mut self, expires_at: u64, seq: u64) -> Result<()> {
-        if let Tables::Time(t) = self {
+        if let Rows::Time(t) = &mut self.rows {
             t.remove((expires_at, seq))?;
+            self.changes
+                .remove(LogTable::Records, &log::record_key(expires_at, seq));
         }
         Ok(())
     }
@@ -564,11 +721,16 @@ pub(crate) fn record_count(db: &Database, layout: Layout) -> Result<u64> {
     })
 }
 
-/// Writes meta values in the writer's transaction.
-pub(crate) fn put_meta(txn: &redb::WriteTransaction, pairs: &[(&str, u64)]) -> Result<()> {
+/// Writes meta values in the writer's transaction, recording them in `changes` for the log.
+pub(crate) fn put_meta(
+    txn: &redb::WriteTransaction,
+    pairs: &[(&str, u64)],
+    changes: &mut Changes,
+) -> Result<()> {
     let mut meta = txn.open_table(META)?;
     for (k, v) in pairs {
         meta.insert(*k, *v)?;
+        changes.put(LogTable::Meta, k.as_bytes(), &v.to_le_bytes());
     }
     Ok(())
 }

@@ -124,7 +124,7 @@ impl Store {
     pub(crate) fn open_with(config: Config, target: Target) -> Result<Store> {
         let seeds = KeySeeds::new();
         let index = Index::new();
-        let opened = storage::open(&index, &target, &config, &seeds, true)?;
+        let mut opened = storage::open(&index, &target, &config, &seeds, true)?;
         let shared = Arc::new(Shared {
             time: StoreTime::new(config.clock.clone(), opened.high_water),
             seeds,
@@ -145,7 +145,7 @@ impl Store {
             poison_reason: Mutex::new(None),
             config,
         });
-        let writer = Writer::new(Arc::clone(&shared), &opened);
+        let writer = Writer::new(Arc::clone(&shared), &mut opened);
         shared.install_database(opened.db);
         let (tx, rx) = crossbeam_channel::bounded(shared.config.queue_capacity);
         let (sweep_tx, sweep_rx) = crossbeam_channel::bounded(2);

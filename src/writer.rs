@@ -3,8 +3,11 @@
 //! Callers send operations through a bounded channel. The writer takes every operation queued
 //! (up to `max_batch`), decides each one in arrival order against the directory plus the
 //! batch's own earlier changes (the overlay), writes the records into one redb write
-//! transaction, commits it (one fdatasync), publishes the overlay into the directory, and only
-//! then answers the callers. A batch forms by itself while the previous commit syncs.
+//! transaction, commits it, publishes the overlay into the directory, and only then answers the
+//! callers. A batch forms by itself while the previous commit syncs. With the commit log
+//! (`log.rs`), the commit is made durable by appending the batch's changes to the log (one
+//! fdatasync) while redb keeps them in memory; when the log is full the batch is committed
+//! durably to redb instead, which checkpoints the log.
 //!
 //! A failed commit is indeterminate: every operation of the batch gets `OutcomeUnknown`, the
 //! database is dropped and reopened (redb refuses writes after a failed commit), and the
@@ -14,6 +17,7 @@ use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::index::{Index, Slot};
 use crate::key::{Fingerprint, Key, Response};
+use crate::log::{Changes, Log};
 use crate::machine::{self, ClaimDecision, OwnerDecision, OwnerOp, Rules, State};
 use crate::outcome::{ClaimOutcome, Lease, Replay};
 use crate::stats::Counters;
@@ -140,10 +144,12 @@ pub(crate) struct Writer {
     batches: u64,
     /// The keys marked pending for the current batch.
     marked: Vec<u128>,
+    /// The commit log, with `Durability::Immediate` (and a nonzero `log_capacity`).
+    log: Option<Log>,
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, opened: &Opened) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, opened: &mut Opened) -> Self {
         Writer {
             shared,
             next_seq: opened.next_seq,
@@ -152,6 +158,7 @@ impl Writer {
             unsynced_since: None,
             batches: 0,
             marked: Vec::new(),
+            log: opened.log.take(),
         }
     }
 
@@ -219,24 +226,30 @@ impl Writer {
     }
 
     /// On shutdown, persists the highest time used (a `get` may have answered "expired" at a
-    /// time no commit recorded), so a clock stepping back across a restart resurrects nothing.
+    /// time no commit recorded), so a clock stepping back across a restart resurrects nothing,
+    /// and checkpoints the commit log, so the next open has nothing to replay.
     fn persist_high_water(&mut self) {
         let now = self.shared.time.now();
-        if now <= self.high_water_persisted || self.shared.poison_reason().is_some() {
+        let log_used = self.log.as_ref().is_some_and(|l| l.frames() > 0);
+        if (now <= self.high_water_persisted && !log_used) || self.shared.poison_reason().is_some()
+        {
             return;
         }
         let Some(db) = self.shared.database() else {
             return;
         };
         let result = db.begin_write().map_err(Error::from).and_then(|txn| {
-            storage::put_meta(&txn, &[(storage::M_HIGH_WATER, now)])?;
+            let mut meta = vec![(storage::M_HIGH_WATER, now.max(self.high_water_persisted))];
+            if let Some(log) = &self.log {
+                meta.push((storage::M_LOG_GEN, log.generation() + 1));
+                meta.push((storage::M_LOG_APPLIED, 0));
+            }
+            storage::put_meta(&txn, &meta, &mut Changes::default())?;
             storage::commit(txn, &self.shared.config, true)
         });
         match result {
             Ok(()) => self.high_water_persisted = now,
-            Err(e) => {
-                eprintln!("idemstore: persisting the clock high-water mark at close failed: {e}")
-            }
+            Err(e) => eprintln!("idemstore: the final commit at close failed: {e}"),
         }
     }
 
@@ -364,6 +377,7 @@ impl Writer {
             }
         }
         let overlay = std::mem::take(&mut b.overlay);
+        let mut changes = std::mem::take(&mut b.tables.changes);
         drop(b);
         self.marked.extend(overlay.keys().copied());
         shared
@@ -377,11 +391,44 @@ impl Writer {
             meta.push((storage::M_HIGH_WATER, now));
         }
         if !meta.is_empty() {
-            storage::put_meta(&txn, &meta)?;
+            storage::put_meta(&txn, &meta, &mut changes)?;
         }
-        storage::commit(txn, &shared.config, durable)?;
+        self.commit(txn, &changes, durable)?;
         self.high_water_persisted = self.high_water_persisted.max(now);
         Ok(overlay)
+    }
+
+    /// Commits a batch whose rows changed as `changes` say: with the log, redb keeps it in
+    /// memory and the log makes it durable; when the log is full (or without one), by a durable
+    /// redb commit, which also starts a new log generation.
+    fn commit(
+        &mut self,
+        txn: redb::WriteTransaction,
+        changes: &Changes,
+        durable: bool,
+    ) -> Result<()> {
+        let config = &self.shared.config;
+        let Some(log) = self.log.as_mut().filter(|_| durable) else {
+            return storage::commit(txn, config, durable);
+        };
+        if changes.is_empty() {
+            // Nothing to make durable; the answers rest on earlier, durable batches.
+            return storage::commit(txn, config, false);
+        }
+        if log.fits(changes) {
+            // Replay starts after the frames redb's state includes (see `log.rs`).
+            let applied = [(storage::M_LOG_APPLIED, log.frames() + 1)];
+            storage::put_meta(&txn, &applied, &mut Changes::default())?;
+            storage::commit(txn, config, false)?;
+            return log.append(changes);
+        }
+        let next = log.generation() + 1;
+        let restart = [(storage::M_LOG_GEN, next), (storage::M_LOG_APPLIED, 0)];
+        storage::put_meta(&txn, &restart, &mut Changes::default())?;
+        storage::commit(txn, config, true)?;
+        log.restart(next);
+        Counters::bump(&self.shared.counters.checkpoints);
+        Ok(())
     }
 
     /// Settles the current batch's pending marks (see `pending.rs`).
@@ -431,6 +478,7 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let old = shared.take_database();
         drop(old);
+        self.log = None;
         self.unsynced_since = None;
         let mut last = None;
         for attempt in 0..50 {
@@ -438,7 +486,8 @@ impl Writer {
             // callers keep reading the old one meanwhile, and keep it if recovery fails.
             let fresh = Index::new();
             match storage::open(&fresh, &shared.target, &shared.config, &shared.seeds, false) {
-                Ok(opened) => {
+                Ok(mut opened) => {
+                    self.log = opened.log.take();
                     shared.index.replace_with(fresh);
                     self.next_seq = opened.next_seq;
                     self.seq_reserved = opened.seq_reserved;

@@ -364,7 +364,7 @@ mod files {
         let (_dir, path) = populated();
         with_redb(&path, |txn| {
             let mut meta = txn.open_table(META).unwrap();
-            assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 1);
+            assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 2);
             meta.insert("format_version", 99).unwrap();
         });
         let r = Store::open(&path);
@@ -373,7 +373,7 @@ mod files {
                 r,
                 Err(Error::UnsupportedFormat {
                     found: 99,
-                    supported: 1
+                    supported: 2
                 })
             ),
             "{r:?}"
@@ -450,7 +450,7 @@ mod errors {
             Error::AlreadyOpen,
             Error::UnsupportedFormat {
                 found: 99,
-                supported: 1,
+                supported: 2,
             },
             Error::Corrupt {
                 detail: "bad".into(),

@@ -146,7 +146,7 @@ trait Disk {
 impl Disk for SimDisk {
     fn open(&self, clock: &ManualClock) -> Result<Store, Error> {
         let disk = self.clone();
-        builder(clock).open_backend(move || disk.backend())
+        builder(clock).open_sim(&disk)
     }
     fn switch(&self) -> FaultSwitch {
         self.faults()
@@ -165,9 +165,11 @@ struct FileDisk {
 impl Disk for FileDisk {
     fn open(&self, clock: &ManualClock) -> Result<Store, Error> {
         let (path, switch) = (self.path.clone(), self.switch.clone());
-        builder(clock).open_backend(move || {
-            FaultyFile::open(&path, switch.clone()).expect("open the store file")
-        })
+        let (log, log_switch) = (idemstore_log_path(&path), self.switch.clone());
+        builder(clock).open_backends(
+            move || FaultyFile::open(&path, switch.clone()).expect("open the store file"),
+            move || FaultyFile::open(&log, log_switch.clone()).expect("open the log file"),
+        )
     }
     fn switch(&self) -> FaultSwitch {
         self.switch.clone()
@@ -730,4 +732,11 @@ fn a_store_whose_first_open_failed_opens_once_the_fault_is_gone() {
         "a file whose creation failed never opens again:\n{}",
         answers.join("\n")
     );
+}
+
+/// The store's commit log beside the file at `path` (`<path>-log`).
+fn idemstore_log_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-log");
+    name.into()
 }

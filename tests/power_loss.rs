@@ -91,14 +91,19 @@ fn open_store(disk: &SimDisk, clock: &ManualClock, quick_repair: bool) -> Result
         // Sweeps run as workload steps (`run_pending_expiry`): the timer never fires in the
         // life of a store here
         .sweep_interval(SWEEP_TICK)
-        .open_backend(move || d.backend())
+        .open_sim(&d)
 }
 
-/// A disk's contents, to tell the outcomes of one power loss apart.
+/// A disk's contents (the store file, then its commit log), to tell the outcomes of one power
+/// loss apart.
 fn image_of(disk: &SimDisk) -> Vec<u8> {
-    let backend = disk.backend();
-    let mut image = vec![0; backend.len().unwrap() as usize];
-    backend.read(0, &mut image).unwrap();
+    let mut image = Vec::new();
+    for backend in [disk.backend(), disk.log_backend()] {
+        let start = image.len();
+        image.resize(start + backend.len().unwrap() as usize, 0);
+        backend.read(0, &mut image[start..]).unwrap();
+        image.extend_from_slice(&[0xa5; 8]);
+    }
     image
 }
 

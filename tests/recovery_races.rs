@@ -15,7 +15,7 @@ fn open(disk: &SimDisk, durability: Durability) -> Store {
     Store::builder()
         .durability(durability)
         .clock(ManualClock::new(1_700_000_000_000))
-        .open_backend(move || disk.backend())
+        .open_sim(&disk)
         .expect("the store opens")
 }
 

@@ -103,7 +103,7 @@ impl Driver {
             // One caller: a short queue opens faster than the default 16,384 slots.
             .queue_capacity(64)
             .clock(self.clock.clone())
-            .open_backend(move || disk.backend())?;
+            .open_sim(&disk)?;
         self.store = Some(store);
         Ok(())
     }
