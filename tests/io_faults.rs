@@ -74,6 +74,9 @@ fn builder(clock: &ManualClock) -> Builder {
         // Sweeps run as workload steps (the timer never fires in the life of a store here),
         // so the disk operations are the same in every run
         .sweep_interval(SWEEP_TICK)
+        // 16 one-block frames: the workload fills the commit log and checkpoints several times,
+        // so those writes and syncs are injection points too
+        .log_capacity(64 << 10)
 }
 
 /// How a run's fault showed, for the summary.

@@ -80,7 +80,15 @@ const IMAGES_WANTED: usize = 10;
 const CARRIED_KEYS: usize = 4;
 const SAMPLED_KEYS: usize = 2;
 
-fn open_store(disk: &SimDisk, clock: &ManualClock, quick_repair: bool) -> Result<Store, Error> {
+/// Commit log sizes the workloads draw from: 64 KiB (16 one-block frames) makes the log fill
+/// and checkpoint every few batches; 0 is the store without a log.
+const LOG_CAPACITIES: [u64; 4] = [64 << 10, 64 << 10, 1 << 20, 0];
+
+fn open_store(
+    disk: &SimDisk,
+    clock: &ManualClock,
+    (quick_repair, log): (bool, u64),
+) -> Result<Store, Error> {
     let d = disk.clone();
     Store::builder()
         .clock(clock.clone())
@@ -88,6 +96,7 @@ fn open_store(disk: &SimDisk, clock: &ManualClock, quick_repair: bool) -> Result
         .ttl(TTL)
         .max_ttl(MAX_TTL)
         .quick_repair(quick_repair)
+        .log_capacity(log)
         // Sweeps run as workload steps (`run_pending_expiry`): the timer never fires in the
         // life of a store here
         .sweep_interval(SWEEP_TICK)
@@ -298,7 +307,8 @@ struct Run {
     mode: Mode,
     rng: Rng,
     clock: ManualClock,
-    quick_repair: bool,
+    /// Quick repair and the commit log's capacity.
+    settings: (bool, u64),
     model: Model,
     points: u64,
     seeds_tried: u64,
@@ -309,7 +319,7 @@ impl Run {
     fn new(seed: u64, mode: Mode) -> Run {
         let seed = mix(seed, mode as u64);
         let mut rng = Rng::new(mix(seed, 1));
-        let quick_repair = rng.chance(50);
+        let settings = (rng.chance(50), LOG_CAPACITIES[rng.below(4) as usize]);
         let clock = ManualClock::new(T0);
         let mut model = Model::new(&mut rng, OWN_KEYS, T0, LEASE, TTL);
         model.ctx.generation = 1;
@@ -318,7 +328,7 @@ impl Run {
             mode,
             rng,
             clock,
-            quick_repair,
+            settings,
             model,
             points: 0,
             seeds_tried: 0,
@@ -328,7 +338,7 @@ impl Run {
 
     fn run(&mut self) -> Result<(), String> {
         let mut disk = SimDisk::new();
-        let mut store = open_store(&disk, &self.clock, self.quick_repair)
+        let mut store = open_store(&disk, &self.clock, self.settings)
             .map_err(|e| format!("a fresh store did not open: {e}"))?;
         for generation in 0..GENERATIONS {
             let steps = self.rng.range(4, 30);
@@ -500,7 +510,7 @@ impl Run {
             let mut model = self.model.clone();
             model.ctx.generation += 1;
             model.ctx.now = self.clock.now_ms();
-            let store = open_store(&image, &self.clock, self.quick_repair)
+            let store = open_store(&image, &self.clock, self.settings)
                 .map_err(|e| context(format!("the store did not reopen: {e}")))?;
             let mut rng = Rng::new(mix(crash_seed, 7));
             let writes = match i {
@@ -522,7 +532,7 @@ impl Run {
     /// operation of the open, then the disk crashes. Returns an image of that second loss.
     fn crash_while_reopening(&mut self, image: &SimDisk) -> Result<SimDisk, String> {
         image.fail_from(Op::Any, self.rng.range(1, 40));
-        match open_store(image, &self.clock, self.quick_repair) {
+        match open_store(image, &self.clock, self.settings) {
             Ok(store) => drop(store),
             Err(Error::Corrupt { detail }) => {
                 return Err(format!("an open cut short reported corruption: {detail}"));

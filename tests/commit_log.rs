@@ -1,0 +1,188 @@
+//! The commit log in front of the store file: replay after a crash, checkpoints when it is
+//! full, and damaged or foreign log contents.
+
+use idemstore::sim_disk::SimDisk;
+use idemstore::{ClaimOutcome, Error, Key, ManualClock, Response, Store};
+use redb::StorageBackend;
+
+const T0: u64 = 1_700_000_000_000;
+/// Frames start at multiples of this (`log.rs`).
+const BLOCK: u64 = 4096;
+
+fn open(disk: &SimDisk, capacity: u64) -> Result<Store, Error> {
+    Store::builder()
+        .clock(ManualClock::new(T0))
+        .log_capacity(capacity)
+        .open_sim(disk)
+}
+
+fn key(i: u32) -> Key {
+    Key::new("log", format!("k{i}"))
+}
+
+/// Claims and completes `n` keys, one group commit each.
+fn fill(store: &Store, keys: std::ops::Range<u32>) {
+    for i in keys {
+        let ClaimOutcome::Acquired(lease) = store.claim(&key(i), None).unwrap() else {
+            panic!("key {i} was not new");
+        };
+        store
+            .complete(&lease, Response::new(200).body(format!("body {i}")))
+            .unwrap();
+    }
+}
+
+fn assert_replays(store: &Store, keys: std::ops::Range<u32>) {
+    for i in keys {
+        match store.claim(&key(i), None).unwrap() {
+            ClaimOutcome::Replay(r) => assert_eq!(r.response.body, format!("body {i}").as_bytes()),
+            other => panic!("key {i}: {other:?}"),
+        }
+    }
+}
+
+/// The disk after a power loss: the log's frames are synced; redb's commits since the last
+/// checkpoint were only in memory.
+fn power_loss(disk: &SimDisk) -> SimDisk {
+    disk.crash(1)
+}
+
+fn log_bytes(disk: &SimDisk) -> Vec<u8> {
+    let log = disk.log_backend();
+    let mut bytes = vec![0; log.len().unwrap() as usize];
+    log.read(0, &mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn acknowledged_operations_are_replayed_from_the_log_after_a_power_loss() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 64 << 20).unwrap();
+    fill(&store, 0..20);
+    assert_eq!(store.stats().checkpoints, 0);
+    let after = power_loss(&disk);
+    drop(store);
+    let store = open(&after, 64 << 20).unwrap();
+    assert_replays(&store, 0..20);
+}
+
+#[test]
+fn a_full_log_checkpoints_and_nothing_is_lost() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 64 << 10).unwrap();
+    fill(&store, 0..100);
+    // 200 one-block commits in a 16-block log.
+    let checkpoints = store.stats().checkpoints;
+    assert!(checkpoints >= 10, "{checkpoints} checkpoints");
+    let after = power_loss(&disk);
+    drop(store);
+    let store = open(&after, 64 << 10).unwrap();
+    assert_replays(&store, 0..100);
+    fill(&store, 100..120);
+    store.close().unwrap();
+    let store = open(&after, 64 << 10).unwrap();
+    assert_replays(&store, 0..120);
+}
+
+#[test]
+fn a_damaged_acknowledged_frame_is_corruption() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 64 << 20).unwrap();
+    fill(&store, 0..3);
+    let after = power_loss(&disk);
+    drop(store);
+    // Flip a payload byte of the second frame: frames after it were acknowledged later.
+    let log = after.log_backend();
+    let mut byte = [0];
+    log.read(BLOCK + 50, &mut byte).unwrap();
+    log.write(BLOCK + 50, &[byte[0] ^ 0xff]).unwrap();
+    match open(&after, 64 << 20) {
+        Err(Error::Corrupt { detail }) => assert!(detail.contains("commit log"), "{detail}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_torn_last_frame_is_an_unacknowledged_append() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 64 << 20).unwrap();
+    fill(&store, 0..3);
+    let after = power_loss(&disk);
+    drop(store);
+    // Six frames (claim and complete of three keys); tear the last one, the third complete.
+    let log = after.log_backend();
+    log.write(5 * BLOCK + 50, &[0xee; 100]).unwrap();
+    let store = open(&after, 64 << 20).unwrap();
+    assert_replays(&store, 0..2);
+    assert!(matches!(
+        store.claim(&key(2), None).unwrap(),
+        ClaimOutcome::Acquired(_)
+    ));
+}
+
+#[test]
+fn another_stores_log_is_not_replayed() {
+    // Store A leaves frames in its log.
+    let a = SimDisk::new();
+    let store = open(&a, 64 << 20).unwrap();
+    fill(&store, 0..5);
+    let a_after = power_loss(&a);
+    drop(store);
+    // Store B, closed cleanly, gets A's log beside its file.
+    let b = SimDisk::new();
+    let store = open(&b, 64 << 20).unwrap();
+    fill(&store, 100..102);
+    store.close().unwrap();
+    let foreign = log_bytes(&a_after);
+    b.log_backend().write(0, &foreign).unwrap();
+    let store = open(&b, 64 << 20).unwrap();
+    assert_replays(&store, 100..102);
+    assert!(matches!(
+        store.claim(&key(0), None).unwrap(),
+        ClaimOutcome::Acquired(_)
+    ));
+}
+
+#[test]
+fn without_a_log_nothing_is_written_to_it() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 0).unwrap();
+    fill(&store, 0..5);
+    assert_eq!(disk.log_disk().size(), 0);
+    store.close().unwrap();
+    // A log turned on later starts empty; turned off again, a clean close left nothing.
+    let store = open(&disk, 64 << 10).unwrap();
+    assert_replays(&store, 0..5);
+    fill(&store, 5..10);
+    store.close().unwrap();
+    let store = open(&disk, 0).unwrap();
+    assert_replays(&store, 0..10);
+}
+
+#[test]
+fn a_bad_log_capacity_is_refused() {
+    for bytes in [1, (64 << 10) - 1, (4 << 30) + 1] {
+        assert!(matches!(
+            open(&SimDisk::new(), bytes),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+}
+
+#[test]
+fn the_log_file_sits_beside_the_store_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idem.redb");
+    let store = Store::open(&path).unwrap();
+    let ClaimOutcome::Acquired(lease) = store.claim(&key(1), None).unwrap() else {
+        panic!("new key")
+    };
+    store.complete(&lease, Response::new(201)).unwrap();
+    assert!(dir.path().join("idem.redb-log").exists());
+    store.close().unwrap();
+    let store = Store::open(&path).unwrap();
+    assert!(matches!(
+        store.claim(&key(1), None).unwrap(),
+        ClaimOutcome::Replay(_)
+    ));
+}
