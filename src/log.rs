@@ -23,6 +23,9 @@
 //! non-durable commits durable when a database is closed, so after a failed append the file
 //! may hold a batch whose frame never reached the log, and replay must start after it.
 //!
+//! A clean close checkpoints and sets `log_applied` to `u64::MAX`: the next open does not read
+//! the log at all.
+//!
 //! Replay reads the frames of the current generation in order and stops at the first that is
 //! missing, torn or of an older generation. A frame is written only after the one before it
 //! was synced, so a valid frame *after* a damaged one means that an acknowledged frame was

@@ -45,6 +45,8 @@ const M_SEQ: &str = "seq_reserved";
 pub(crate) const M_HIGH_WATER: &str = "clock_high_water";
 pub(crate) const M_LOG_GEN: &str = "log_generation";
 pub(crate) const M_LOG_APPLIED: &str = "log_applied";
+/// `log_applied` after a clean close: the database holds everything, the log need not be read.
+pub(crate) const LOG_ALL_APPLIED: u64 = u64::MAX;
 
 pub(crate) type BackendFactory = dyn Fn() -> Box<dyn redb::StorageBackend> + Send + Sync;
 
@@ -254,7 +256,9 @@ fn open_and_load(
         )
     };
     // Before anything else is read: frames carry meta rows too.
-    if let (Some(generation), Some(file)) = (generation, &log_file) {
+    if let (Some(generation), Some(file), false) =
+        (generation, &log_file, applied == LOG_ALL_APPLIED)
+    {
         replay_log(&txn, config.layout, file.as_ref(), generation, applied)?;
     }
     let (epoch, next_seq, seq_reserved, high_water);

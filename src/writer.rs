@@ -227,11 +227,11 @@ impl Writer {
 
     /// On shutdown, persists the highest time used (a `get` may have answered "expired" at a
     /// time no commit recorded), so a clock stepping back across a restart resurrects nothing,
-    /// and checkpoints the commit log, so the next open has nothing to replay.
+    /// and checkpoints the commit log, marking it fully applied so the next open does not read it.
     fn persist_high_water(&mut self) {
         let now = self.shared.time.now();
-        let log_used = self.log.as_ref().is_some_and(|l| l.frames() > 0);
-        if (now <= self.high_water_persisted && !log_used) || self.shared.poison_reason().is_some()
+        if (now <= self.high_water_persisted && self.log.is_none())
+            || self.shared.poison_reason().is_some()
         {
             return;
         }
@@ -242,7 +242,7 @@ impl Writer {
             let mut meta = vec![(storage::M_HIGH_WATER, now.max(self.high_water_persisted))];
             if let Some(log) = &self.log {
                 meta.push((storage::M_LOG_GEN, log.generation() + 1));
-                meta.push((storage::M_LOG_APPLIED, 0));
+                meta.push((storage::M_LOG_APPLIED, storage::LOG_ALL_APPLIED));
             }
             storage::put_meta(&txn, &meta, &mut Changes::default())?;
             storage::commit(txn, &self.shared.config, true)
