@@ -26,7 +26,12 @@ set +e
 status=${PIPESTATUS[0]}
 set -e
 execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
-result=$([ "$status" = 0 ] && echo "no crash" || echo "FAILED (exit $status, see artifacts/$target)")
+# 72 is libFuzzer's exit code when interrupted (SIGINT): stopped early, nothing found.
+case "$status" in
+  0) result="no crash" ;;
+  72) result="no crash (interrupted)"; status=0 ;;
+  *) result="FAILED (exit $status, see artifacts/$target)" ;;
+esac
 line="| $(date -u +%Y-%m-%d) | $(git rev-parse --short HEAD) | $target | $execs | $(( $(date +%s) - start )) | $result |"
 [ -f LONG-RUNS.md ] || printf '# Long fuzz runs\n\nAppended by `scripts/fuzz-long.sh`; executions add up across runs on the committed corpus.\n\n| date | commit | target | executions | seconds | result |\n|---|---|---|---:|---:|---|\n' > LONG-RUNS.md
 echo "$line" >> LONG-RUNS.md

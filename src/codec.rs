@@ -177,6 +177,13 @@ pub mod probe {
         value[1..super::HEADER].copy_from_slice(&sum.to_le_bytes());
     }
 
+    /// Makes the checksum of every frame header in a commit log image valid again (a frame is
+    /// a block starting with the log's magic and version), so that damage planted in a frame's
+    /// header fields or payload reaches the replay behind the checksum.
+    pub fn reseal_log(image: &mut [u8]) {
+        crate::log::reseal(image);
+    }
+
     /// The parts of a record, as plain values.
     #[allow(
         missing_docs,

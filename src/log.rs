@@ -310,6 +310,25 @@ fn frame_at(
     Ok((sum.digest() == h.sum).then_some((h, payload)))
 }
 
+/// See `codec::probe::reseal_log`.
+#[cfg(feature = "test-util")]
+pub(crate) fn reseal(image: &mut [u8]) {
+    for at in (0..image.len()).step_by(BLOCK as usize) {
+        let Some(h) = parse_header(&image[at..]) else {
+            continue;
+        };
+        let payload = at + HEADER..(at + HEADER).saturating_add(h.payload as usize);
+        let Some(payload) = image.get(payload) else {
+            continue;
+        };
+        let mut sum = xxhash_rust::xxh3::Xxh3::new();
+        sum.update(&image[at..at + 32]);
+        sum.update(payload);
+        let sum = sum.digest().to_le_bytes();
+        image[at + 32..at + 40].copy_from_slice(&sum);
+    }
+}
+
 /// Calls `apply` for each entry of the frames of `generation` numbered from `applied` on, in
 /// order; returns how many frames were applied. See the module docs for where it stops and
 /// what is corruption.

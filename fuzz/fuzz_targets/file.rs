@@ -6,6 +6,10 @@
 //!   version byte and checksum (`src/codec.rs`: byte 0 = 1, bytes 1..9 = XXH3-64 of the rest)
 //!   are made valid again, so the damage reaches the decoder and the checks behind it. Opening
 //!   the store and using it must answer `Ok` or a typed error, never panic.
+//! - `Log` damages the commit log of a store that crashed with two completed keys only in its
+//!   log (bytes changed, the log cut short; with `reseal`, every frame's checksum is made
+//!   valid again so the damage reaches replay). Opening must answer `Ok` or a typed error,
+//!   never panic; with the log intact, both keys replay.
 //! - `RoundTrip` claims a structured key with a structured response, completes it, reopens
 //!   the store and checks the replay is byte-exact (encode, then decode).
 
@@ -38,6 +42,12 @@ enum Input {
         append: Vec<u8>,
         /// Move the record to another position in the table.
         expires_at: Option<u64>,
+        reseal: bool,
+    },
+    Log {
+        /// (position modulo the log's length, byte to xor in)
+        edits: Vec<(u32, u8)>,
+        cut: Option<u32>,
         reseal: bool,
     },
     RoundTrip {
@@ -101,6 +111,93 @@ fn base() -> &'static Base {
             record,
         }
     })
+}
+
+/// A store file and its commit log, after a power loss that left two completed keys in the log
+/// only.
+struct LogBase {
+    db: Vec<u8>,
+    log: Vec<u8>,
+}
+
+fn image(backend: &impl StorageBackend) -> Vec<u8> {
+    let mut image = vec![0; backend.len().unwrap() as usize];
+    backend.read(0, &mut image).unwrap();
+    image
+}
+
+fn log_key(i: u8) -> Key {
+    Key::new("log", [i])
+}
+
+fn log_base() -> &'static LogBase {
+    static BASE: OnceLock<LogBase> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let disk = SimDisk::new();
+        let store = Store::builder()
+            .queue_capacity(64)
+            .clock(ManualClock::new(START_MS))
+            .open_sim(&disk)
+            .unwrap();
+        for i in 0..2 {
+            let Ok(ClaimOutcome::Acquired(lease)) = store.claim(&log_key(i), None) else {
+                panic!("a new key is acquired");
+            };
+            let response = Response::new(200).body(vec![i; 3]);
+            store.complete(&lease, response).unwrap();
+        }
+        let crashed = disk.crash(7);
+        drop(store);
+        LogBase {
+            db: image(&crashed.backend()),
+            log: image(&crashed.log_backend()),
+        }
+    })
+}
+
+/// Opens the base store with its log damaged as given, and uses it.
+fn damaged_log(edits: &[(u32, u8)], cut: Option<u32>, seal: bool) {
+    let b = log_base();
+    let mut log = b.log.clone();
+    for &(at, x) in edits {
+        let i = at as usize % log.len();
+        log[i] ^= x;
+    }
+    if let Some(cut) = cut {
+        log.truncate(cut as usize % (log.len() + 1));
+    }
+    if seal {
+        idemstore::codec_probe::reseal_log(&mut log);
+    }
+    let intact = log == b.log;
+    let disk = SimDisk::from_image(b.db.clone());
+    disk.log_backend().write(0, &log).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let opened = Store::builder()
+        .queue_capacity(64)
+        .clock(clock.clone())
+        .open_sim(&disk);
+    let store = match opened {
+        Ok(store) => store,
+        Err(e) if !intact => {
+            let _ = e.to_string();
+            return;
+        }
+        Err(e) => panic!("the intact log did not open: {e}"),
+    };
+    for i in 0..2 {
+        let answer = store.claim(&log_key(i), None);
+        if intact {
+            assert!(
+                matches!(&answer, Ok(ClaimOutcome::Replay(r)) if r.response.body == vec![i; 3]),
+                "key {i} after replaying the intact log: {answer:?}"
+            );
+        }
+    }
+    let _ = store.records_on_disk();
+    clock.advance(Duration::from_secs(8 * 24 * 3600));
+    let _ = store.run_pending_expiry();
+    let _ = store.close();
 }
 
 /// Replaces the base record by `value` at `position`, then opens the store and uses it.
@@ -214,6 +311,11 @@ fuzz_target!(|input: Input| match input {
         let position = (expires_at.unwrap_or(b.position.0), b.position.1);
         plant(position, &value);
     }
+    Input::Log {
+        edits,
+        cut,
+        reseal: seal,
+    } => damaged_log(&edits, cut, seal),
     Input::RoundTrip {
         scope,
         key,
