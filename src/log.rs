@@ -17,8 +17,10 @@
 //! Integers are little-endian.
 //!
 //! A *generation* is one interval between checkpoints: redb's meta table holds the current
-//! one, every checkpoint bumps it, and each generation writes its frames from offset 0,
-//! numbered 0, 1, 2, ... Beside it, every commit through the log records in redb how many
+//! one, every checkpoint (the open's included) draws a new random one, and each generation
+//! writes its frames from offset 0, numbered 0, 1, 2, ... Random rather than counted: a copy
+//! of a closed store file restored beside a log that a later life of the same store wrote
+//! would otherwise start the very generation whose frames that log holds. Beside it, every commit through the log records in redb how many
 //! frames of the generation its state includes (`log_applied`): redb makes pending
 //! non-durable commits durable when a database is closed, so after a failed append the file
 //! may hold a batch whose frame never reached the log, and replay must start after it.
@@ -157,6 +159,13 @@ pub(crate) struct Log {
     frame: Vec<u8>,
 }
 
+/// A generation for a new checkpoint interval: random (std's `RandomState` keys are drawn
+/// from the OS once per thread and stepped for each new one), below 2^63.
+pub(crate) fn new_generation() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0u8) >> 1
+}
+
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Log")
@@ -184,10 +193,6 @@ impl Log {
             capacity,
             frame: Vec::new(),
         })
-    }
-
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// Frames appended in this generation; a commit whose frame is next records this plus one.
@@ -439,13 +444,45 @@ pub(crate) fn path_for(path: &std::path::Path) -> std::path::PathBuf {
 #[derive(Debug)]
 pub(crate) struct LogFile(pub(crate) std::fs::File);
 
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, out: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, out, offset)
+}
+
+#[cfg(unix)]
+fn write_at(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, data, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &std::fs::File, mut out: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !out.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, out, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => (out, offset) = (&mut out[n..], offset + n as u64),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn write_at(file: &std::fs::File, mut data: &[u8], mut offset: u64) -> std::io::Result<()> {
+    while !data.is_empty() {
+        match std::os::windows::fs::FileExt::seek_write(file, data, offset)? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => (data, offset) = (&data[n..], offset + n as u64),
+        }
+    }
+    Ok(())
+}
+
 impl StorageBackend for LogFile {
     fn len(&self) -> std::io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(&self.0, out, offset)
+        read_at(&self.0, out, offset)
     }
 
     fn set_len(&self, len: u64) -> std::io::Result<()> {
@@ -457,7 +494,7 @@ impl StorageBackend for LogFile {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::write_all_at(&self.0, data, offset)
+        write_at(&self.0, data, offset)
     }
 }
 

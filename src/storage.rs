@@ -262,7 +262,7 @@ fn open_and_load(
         replay_log(&txn, config.layout, file.as_ref(), generation, applied)?;
     }
     let (epoch, next_seq, seq_reserved, high_water);
-    let next_generation = generation.map_or_else(first_generation, |g| g + 1);
+    let next_generation = log::new_generation();
     {
         let mut meta = txn.open_table(META)?;
         let old_epoch = get(&meta, M_EPOCH)?.unwrap_or(0);
@@ -302,14 +302,6 @@ fn open_and_load(
     })
 }
 
-/// A new database's first log generation: random, so that a log file left over from another
-/// database can never pass for this one's.
-fn first_generation() -> u64 {
-    use std::hash::BuildHasher;
-    let random = std::collections::hash_map::RandomState::new();
-    (random.hash_one(0u8) >> 2) + 1
-}
-
 /// Opens the commit log of `target` (creating it when the configuration uses one). A new
 /// database starts with an empty log.
 fn open_log(
@@ -320,8 +312,7 @@ fn open_log(
     let file: Box<dyn redb::StorageBackend> = match target {
         Target::Path(db_path) => {
             let path = log::path_for(db_path);
-            let existed = path.exists();
-            if !existed && config.log_capacity == 0 {
+            if !path.exists() && config.log_capacity == 0 {
                 return Ok(None);
             }
             let file = std::fs::OpenOptions::new()
@@ -331,10 +322,9 @@ fn open_log(
                 .truncate(false)
                 .open(&path)
                 .map_err(Error::Io)?;
-            if !existed {
-                // The log's directory entry must be durable before any frame in it is.
-                sync_parent(&path)?;
-            }
+            // The log's directory entry must be durable before any frame in it is; at every
+            // open, as an earlier open may have created the file and died before syncing.
+            sync_parent(&path)?;
             Box::new(log::LogFile(file))
         }
         Target::Backend { log: Some(log), .. } => log(),

@@ -240,8 +240,7 @@ impl Writer {
         };
         let result = db.begin_write().map_err(Error::from).and_then(|txn| {
             let mut meta = vec![(storage::M_HIGH_WATER, now.max(self.high_water_persisted))];
-            if let Some(log) = &self.log {
-                meta.push((storage::M_LOG_GEN, log.generation() + 1));
+            if self.log.is_some() {
                 meta.push((storage::M_LOG_APPLIED, storage::LOG_ALL_APPLIED));
             }
             storage::put_meta(&txn, &meta, &mut Changes::default())?;
@@ -422,7 +421,7 @@ impl Writer {
             storage::commit(txn, config, false)?;
             return log.append(changes);
         }
-        let next = log.generation() + 1;
+        let next = crate::log::new_generation();
         let restart = [(storage::M_LOG_GEN, next), (storage::M_LOG_APPLIED, 0)];
         storage::put_meta(&txn, &restart, &mut Changes::default())?;
         storage::commit(txn, config, true)?;

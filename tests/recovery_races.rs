@@ -30,10 +30,12 @@ fn failed_background_sync_is_recovered() {
         max_delay: Duration::from_millis(1),
     };
     let store = open(&disk, bounded);
+    // The next sync, the one that follows the claim within max_delay, fails once. Armed before
+    // the claim (a bounded claim's commit does not sync): armed after it, a loaded machine let
+    // the sync run first and the test wait in vain.
+    disk.fail_nth(DiskOp::Sync, 1);
     let first = store.claim(&Key::unscoped("a"), None).unwrap();
     assert!(matches!(first, ClaimOutcome::Acquired(_)));
-    // The sync that follows within max_delay fails once.
-    disk.fail_nth(DiskOp::Sync, 1);
     let deadline = Instant::now() + Duration::from_secs(5);
     while store.stats().failed_commits == 0 {
         assert!(Instant::now() < deadline, "the background sync never ran");
