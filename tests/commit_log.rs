@@ -47,6 +47,28 @@ fn power_loss(disk: &SimDisk) -> SimDisk {
     disk.crash(1)
 }
 
+/// A store on a new disk with `keys` completed, after a power loss: the keys are in its log only.
+fn crashed_with(keys: std::ops::Range<u32>) -> SimDisk {
+    let disk = SimDisk::new();
+    let store = open(&disk, 64 << 20).unwrap();
+    fill(&store, keys);
+    // No checkpoint: only the log holds them.
+    assert_eq!(store.stats().checkpoints, 0);
+    let after = power_loss(&disk);
+    drop(store);
+    after
+}
+
+fn assert_new(store: &Store, i: u32) {
+    assert!(
+        matches!(
+            store.claim(&key(i), None).unwrap(),
+            ClaimOutcome::Acquired(_)
+        ),
+        "key {i} is not new"
+    );
+}
+
 fn log_bytes(disk: &SimDisk) -> Vec<u8> {
     let log = disk.log_backend();
     let mut bytes = vec![0; log.len().unwrap() as usize];
@@ -56,12 +78,7 @@ fn log_bytes(disk: &SimDisk) -> Vec<u8> {
 
 #[test]
 fn acknowledged_operations_are_replayed_from_the_log_after_a_power_loss() {
-    let disk = SimDisk::new();
-    let store = open(&disk, 64 << 20).unwrap();
-    fill(&store, 0..20);
-    assert_eq!(store.stats().checkpoints, 0);
-    let after = power_loss(&disk);
-    drop(store);
+    let after = crashed_with(0..20);
     let store = open(&after, 64 << 20).unwrap();
     assert_replays(&store, 0..20);
 }
@@ -86,11 +103,7 @@ fn a_full_log_checkpoints_and_nothing_is_lost() {
 
 #[test]
 fn a_damaged_acknowledged_frame_is_corruption() {
-    let disk = SimDisk::new();
-    let store = open(&disk, 64 << 20).unwrap();
-    fill(&store, 0..3);
-    let after = power_loss(&disk);
-    drop(store);
+    let after = crashed_with(0..3);
     // Flip a payload byte of the second frame: frames after it were acknowledged later.
     let log = after.log_backend();
     let mut byte = [0];
@@ -104,30 +117,19 @@ fn a_damaged_acknowledged_frame_is_corruption() {
 
 #[test]
 fn a_torn_last_frame_is_an_unacknowledged_append() {
-    let disk = SimDisk::new();
-    let store = open(&disk, 64 << 20).unwrap();
-    fill(&store, 0..3);
-    let after = power_loss(&disk);
-    drop(store);
+    let after = crashed_with(0..3);
     // Six frames (claim and complete of three keys); tear the last one, the third complete.
     let log = after.log_backend();
     log.write(5 * BLOCK + 50, &[0xee; 100]).unwrap();
     let store = open(&after, 64 << 20).unwrap();
     assert_replays(&store, 0..2);
-    assert!(matches!(
-        store.claim(&key(2), None).unwrap(),
-        ClaimOutcome::Acquired(_)
-    ));
+    assert_new(&store, 2);
 }
 
 #[test]
 fn another_stores_log_is_not_replayed() {
     // Store A leaves frames in its log.
-    let a = SimDisk::new();
-    let store = open(&a, 64 << 20).unwrap();
-    fill(&store, 0..5);
-    let a_after = power_loss(&a);
-    drop(store);
+    let a_after = crashed_with(0..5);
     // Store B, closed cleanly, gets A's log beside its file.
     let b = SimDisk::new();
     let store = open(&b, 64 << 20).unwrap();
@@ -137,10 +139,7 @@ fn another_stores_log_is_not_replayed() {
     b.log_backend().write(0, &foreign).unwrap();
     let store = open(&b, 64 << 20).unwrap();
     assert_replays(&store, 100..102);
-    assert!(matches!(
-        store.claim(&key(0), None).unwrap(),
-        ClaimOutcome::Acquired(_)
-    ));
+    assert_new(&store, 0);
 }
 
 #[test]
@@ -218,14 +217,9 @@ fn a_restored_copy_of_a_closed_file_does_not_replay_a_later_life() {
     let store = open(&after, 64 << 20).unwrap();
     assert_replays(&store, 0..1);
     assert_replays(&store, 200..203);
+    // Keys of another life of the store are not here.
     for i in 100..120 {
-        assert!(
-            matches!(
-                store.claim(&key(i), None).unwrap(),
-                ClaimOutcome::Acquired(_)
-            ),
-            "key {i} of another life came back"
-        );
+        assert_new(&store, i);
     }
     assert_eq!(store.records_on_disk().unwrap(), 24);
 }
