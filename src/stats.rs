@@ -34,7 +34,9 @@ pub struct Stats {
     /// Claims that found their key being acquired by the batch under commit and waited for
     /// that commit instead of queueing for the next one.
     pub claims_waited_for_commit: u64,
-    /// Durable commits (each one fdatasync, or two with quick repair).
+    /// Batches made durable: by an append to the commit log (one fdatasync) or by a durable
+    /// commit of the store file (one fdatasync, two with quick repair). A batch that changed
+    /// nothing needs neither.
     pub syncs: u64,
     /// Commits that failed (their operations got `OutcomeUnknown`).
     pub failed_commits: u64,

@@ -267,7 +267,7 @@ impl Writer {
         // A panic inside redb (it panics on some damaged pages) fails the batch like an I/O error.
         let result = storage::guard(|| self.build_and_commit(batch, &mut done, durable));
         match result {
-            Ok(overlay) => {
+            Ok((overlay, synced)) => {
                 let shared = &Arc::clone(&self.shared);
                 for (&digest, &slot) in &overlay {
                     shared.index.set(digest, slot);
@@ -281,8 +281,10 @@ impl Writer {
                     .counters
                     .batched_ops
                     .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                if durable {
+                if synced {
                     Counters::bump(&shared.counters.syncs);
+                }
+                if durable {
                     self.unsynced_since = None;
                 } else if self.unsynced_since.is_none() {
                     self.unsynced_since = Some(Instant::now());
@@ -323,7 +325,7 @@ impl Writer {
         batch: &mut Vec<Op>,
         done: &mut Vec<Done>,
         durable: bool,
-    ) -> Result<Overlay> {
+    ) -> Result<(Overlay, bool)> {
         let shared = Arc::clone(&self.shared);
         let db = shared.database().ok_or(Error::Closed)?;
         let now = shared.time.now();
@@ -392,34 +394,37 @@ impl Writer {
         if !meta.is_empty() {
             storage::put_meta(&txn, &meta, &mut changes)?;
         }
-        self.commit(txn, &changes, durable)?;
+        let synced = self.commit(txn, &changes, durable)?;
         self.high_water_persisted = self.high_water_persisted.max(now);
-        Ok(overlay)
+        Ok((overlay, synced))
     }
 
     /// Commits a batch whose rows changed as `changes` say: with the log, redb keeps it in
     /// memory and the log makes it durable; when the log is full (or without one), by a durable
-    /// redb commit, which also starts a new log generation.
+    /// redb commit, which also starts a new log generation. Answers whether it synced.
     fn commit(
         &mut self,
         txn: redb::WriteTransaction,
         changes: &Changes,
         durable: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let config = &self.shared.config;
         let Some(log) = self.log.as_mut().filter(|_| durable) else {
-            return storage::commit(txn, config, durable);
+            storage::commit(txn, config, durable)?;
+            return Ok(durable);
         };
         if changes.is_empty() {
             // Nothing to make durable; the answers rest on earlier, durable batches.
-            return storage::commit(txn, config, false);
+            storage::commit(txn, config, false)?;
+            return Ok(false);
         }
         if log.fits(changes) {
             // Replay starts after the frames redb's state includes (see `log.rs`).
             let applied = [(storage::M_LOG_APPLIED, log.frames() + 1)];
             storage::put_meta(&txn, &applied, &mut Changes::default())?;
             storage::commit(txn, config, false)?;
-            return log.append(changes);
+            log.append(changes)?;
+            return Ok(true);
         }
         let next = crate::log::new_generation();
         let restart = [(storage::M_LOG_GEN, next), (storage::M_LOG_APPLIED, 0)];
@@ -427,7 +432,7 @@ impl Writer {
         storage::commit(txn, config, true)?;
         log.restart(next);
         Counters::bump(&self.shared.counters.checkpoints);
-        Ok(())
+        Ok(true)
     }
 
     /// Settles the current batch's pending marks (see `pending.rs`).
