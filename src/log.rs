@@ -79,15 +79,28 @@ pub(crate) struct Entry<'a> {
     pub(crate) value: Option<&'a [u8]>,
 }
 
-/// The rows one batch changed, encoded as they are made.
+/// The rows one batch changed, encoded as they are made (when `recording`: without a log, or
+/// while replaying one, nothing is copied).
 #[derive(Default)]
 pub(crate) struct Changes {
     buf: Vec<u8>,
     count: u32,
+    recording: bool,
 }
 
 impl Changes {
+    /// Changes that record.
+    pub(crate) fn recorded() -> Changes {
+        Changes {
+            recording: true,
+            ..Changes::default()
+        }
+    }
+
     fn entry(&mut self, table: LogTable, key: &[u8], value: Option<&[u8]>) {
+        if !self.recording {
+            return;
+        }
         self.count += 1;
         self.buf.push(table as u8);
         self.buf.extend_from_slice(&len32(key.len()).to_le_bytes());
@@ -504,7 +517,7 @@ mod tests {
     use crate::sim_disk::SimDisk;
 
     fn changes(n: usize) -> Changes {
-        let mut c = Changes::default();
+        let mut c = Changes::recorded();
         for i in 0..n {
             c.put(LogTable::Records, &record_key(i as u64, 7), &[i as u8; 100]);
             c.remove(LogTable::ByKey, b"gone");

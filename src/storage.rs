@@ -353,7 +353,7 @@ fn replay_log(
     applied: u64,
 ) -> Result<u64> {
     let mut meta = txn.open_table(META)?;
-    let mut rows = Tables::open(txn, layout)?;
+    let mut rows = Tables::open(txn, layout, false)?;
     let bad = |what: &str| Error::Corrupt {
         detail: format!("commit log: {what}"),
     };
@@ -546,14 +546,23 @@ enum Rows<'t> {
 }
 
 impl<'t> Tables<'t> {
-    pub(crate) fn open(txn: &'t redb::WriteTransaction, layout: Layout) -> Result<Self> {
+    /// The tables, recording the changes made through them when `record`.
+    pub(crate) fn open(
+        txn: &'t redb::WriteTransaction,
+        layout: Layout,
+        record: bool,
+    ) -> Result<Self> {
         let rows = match layout {
             Layout::TimeOrdered => Rows::Time(txn.open_table(RECORDS)?),
             Layout::KeyOrdered => Rows::Key(txn.open_table(BY_KEY)?),
         };
         Ok(Tables {
             rows,
-            changes: Changes::default(),
+            changes: if record {
+                Changes::recorded()
+            } else {
+                Changes::default()
+            },
         })
     }
 

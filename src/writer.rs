@@ -333,7 +333,8 @@ impl Writer {
         let seq_before = self.seq_reserved;
         let mut b = BatchCtx {
             shared: &shared,
-            tables: Tables::open(&txn, shared.config.layout)?,
+            // Changes are recorded for the log only.
+            tables: Tables::open(&txn, shared.config.layout, self.log.is_some())?,
             overlay: Overlay::with_capacity_and_hasher(batch.len(), Default::default()),
             rules: shared.rules(now),
             new_in_flight: 0,
