@@ -16,7 +16,10 @@
 //! bytes. The callers of a case run continuously; each criterion sample is a window of that
 //! load (its median is the table's figure), and a last window records each operation's latency
 //! in an HDR histogram. The `scale` group measures 64-thread durable claims, resident memory
-//! per live key and reopen time at 10 k, 1 M (and, in the scale run, 10 M) live keys. A case
+//! per live key and reopen time at 10 k, 1 M (and, in the scale run, 10 M) live keys. The
+//! `latency_paired_unique_t1` group times idemstore (durable) and the raw fdatasync on one
+//! caller thread in alternating windows, for the 1-thread latency target: measured minutes
+//! apart, the two see a disk whose latency drifts by a quarter within the hour. A case
 //! whose engine answers wrongly (a fresh key not acquired, two winners for a hot key, a retry
 //! not replayed) or fails stops the run with the reason.
 //!
@@ -297,6 +300,54 @@ fn bench_case(
     Some(f)
 }
 
+/// The 1-thread latency target's pair: idemstore (durable) and one raw 4 KiB write + fdatasync
+/// in alternating windows of one caller thread (see `load::Paired`); each criterion sample is a
+/// round of both, timed as idemstore's window.
+fn bench_paired(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    plan: &Plan,
+    engines: &mut HashMap<Kind, Arc<dyn Engine>>,
+    ctx: &Ctx,
+) -> Option<[Figures; 2]> {
+    const PAIR: [Kind; 2] = [Kind::IdemImmediate, Kind::Fdatasync];
+    let mut paired: Option<load::Paired> = None;
+    g.bench_function(
+        BenchmarkId::new("idemstore_immediate_vs_raw_4k_fdatasync", 1),
+        |b| {
+            let paired = paired.get_or_insert_with(|| {
+                let [a, raw] = PAIR.map(|kind| {
+                    Arc::clone(engines.entry(kind).or_insert_with(|| {
+                        engines::open(kind, 0, ctx)
+                            .unwrap_or_else(|e| panic!("{}: {e}", kind.name()))
+                    }))
+                });
+                scale::sync_disk();
+                load::Paired::new([&a, &raw])
+            });
+            b.iter_custom(|iters| {
+                let (ops, d) = paired.round(plan.window);
+                d.mul_f64(iters as f64 / ops.max(1) as f64)
+            });
+        },
+    );
+    let runs = paired?.finish(plan.samples);
+    Some(runs.map(|run| {
+        let f = figures(
+            run.ops as f64 / run.elapsed.as_secs_f64().max(1e-9),
+            &run,
+            Workload::Unique,
+        );
+        eprintln!(
+            "paired: {:.0} ops/s, p50 {} µs, p99 {} µs over {} operations",
+            f.ops_per_s,
+            f.p50_us.unwrap_or(0.0),
+            f.p99_us.unwrap_or(0.0),
+            run.ops
+        );
+        f
+    }))
+}
+
 fn configure(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, plan: &Plan) {
     g.sampling_mode(SamplingMode::Flat)
         .sample_size(plan.samples)
@@ -387,6 +438,28 @@ fn main() {
                     if let Some(f) = measured {
                         results.push(result(Outcome::Measured(f)));
                     }
+                }
+            }
+            g.finish();
+        }
+        let pair_wanted = live == 0
+            && plan.workloads.contains(&Workload::Unique)
+            && plan.threads(Workload::Unique, 0).contains(&1)
+            && [Kind::IdemImmediate, Kind::Fdatasync]
+                .iter()
+                .all(|k| plan.engines.contains(k));
+        if pair_wanted {
+            let mut g = c.benchmark_group("latency_paired_unique_t1");
+            configure(&mut g, &plan);
+            if let Some([idem, raw]) = bench_paired(&mut g, &plan, &mut engines, &ctx) {
+                for (kind, f) in [(Kind::IdemImmediate, idem), (Kind::Fdatasync, raw)] {
+                    results.push(CaseResult {
+                        workload: report::PAIRED,
+                        live: 0,
+                        threads: 1,
+                        kind,
+                        outcome: Outcome::Measured(f),
+                    });
                 }
             }
             g.finish();

@@ -374,3 +374,80 @@ fn run(worker: &mut dyn Worker, shared: &Shared, thread: usize, report: &mut Rep
     }
     report.ops = ops;
 }
+
+/// Two engines on one caller thread, unique keys, in alternating windows: each round is a
+/// window of one engine, then one of the other, the order flipping every round. Both therefore
+/// see the same disk in the same seconds, and a shared machine's drift (a raw fdatasync's p50
+/// moved by a quarter within the hour here) cancels out of their ratio.
+pub struct Paired {
+    run: u32,
+    workers: [Box<dyn Worker>; 2],
+    seq: [u64; 2],
+    /// Per round, per engine: the operations timed, the window's length, their latencies.
+    rounds: Vec<[Run; 2]>,
+}
+
+impl Paired {
+    pub fn new(engines: [&Arc<dyn Engine>; 2]) -> Paired {
+        Paired {
+            run: NEXT_RUN.fetch_add(1, Ordering::Relaxed),
+            workers: engines.map(|e| e.worker(0)),
+            seq: [0; 2],
+            rounds: Vec::new(),
+        }
+    }
+
+    /// Runs one round of two windows; answers the first engine's operations and window.
+    pub fn round(&mut self, window: Duration) -> (u64, Duration) {
+        let order = if self.rounds.len().is_multiple_of(2) {
+            [0, 1]
+        } else {
+            [1, 0]
+        };
+        let mut round = [(); 2].map(|()| Run {
+            ops: 0,
+            elapsed: Duration::ZERO,
+            hist: histogram(),
+            total_ops: 0,
+            win_rate: 1.0,
+        });
+        for i in order {
+            let (worker, run) = (&mut self.workers[i], &mut round[i]);
+            let t0 = Instant::now();
+            while t0.elapsed() < window {
+                let k = key(b'p', self.run, i as u32, self.seq[i]);
+                let s = Instant::now();
+                let c = worker.claim(&k);
+                run.hist.saturating_record(s.elapsed().as_nanos() as u64);
+                assert!(c == Claim::Won, "a fresh unique key must be acquired");
+                self.seq[i] += 1;
+                run.ops += 1;
+            }
+            run.elapsed = t0.elapsed();
+        }
+        let first = (round[0].ops, round[0].elapsed);
+        self.rounds.push(round);
+        first
+    }
+
+    /// Both engines' figures over the last `n` rounds (criterion's measurement samples).
+    pub fn finish(self, n: usize) -> [Run; 2] {
+        let total_ops = self.seq;
+        let skip = self.rounds.len().saturating_sub(n);
+        let mut out = [0, 1].map(|i| Run {
+            ops: 0,
+            elapsed: Duration::ZERO,
+            hist: histogram(),
+            total_ops: total_ops[i],
+            win_rate: 1.0,
+        });
+        for round in self.rounds.into_iter().skip(skip) {
+            for (o, r) in out.iter_mut().zip(round) {
+                o.ops += r.ops;
+                o.elapsed += r.elapsed;
+                o.hist.add(&r.hist).expect("merge histograms");
+            }
+        }
+        out
+    }
+}
