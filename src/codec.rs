@@ -184,6 +184,13 @@ pub mod probe {
         crate::log::reseal(image);
     }
 
+    /// Parses arbitrary bytes as a directory snapshot's header and section (the section's
+    /// checksum made valid first when `reseal`): never panics; a section that parses
+    /// re-encodes to its bytes. Answers whether it parsed.
+    pub fn snapshot_any(data: &mut Vec<u8>, reseal: bool) -> bool {
+        crate::snapshot::probe(data, reseal)
+    }
+
     /// The parts of a record, as plain values.
     #[allow(
         missing_docs,

@@ -120,6 +120,50 @@ impl Slot {
     }
 }
 
+/// Bytes of a slot in a directory snapshot (see `snapshot.rs`).
+pub(crate) const SLOT_BYTES: usize = 31;
+
+impl Slot {
+    /// The snapshot form: token, expiry, fingerprint fold, lease offset, attempt, flags
+    /// (little-endian).
+    pub(crate) fn to_bytes(self) -> [u8; SLOT_BYTES] {
+        let mut b = [0u8; SLOT_BYTES];
+        b[0..8].copy_from_slice(&self.token.to_le_bytes());
+        b[8..16].copy_from_slice(&self.expires_at.to_le_bytes());
+        b[16..24].copy_from_slice(&self.fingerprint.to_le_bytes());
+        b[24..28].copy_from_slice(&self.lease_before_expiry.to_le_bytes());
+        b[28..30].copy_from_slice(&self.attempt.to_le_bytes());
+        b[30] = self.flags;
+        b
+    }
+
+    /// A slot read back from a snapshot, for a directory of a later epoch than the one that
+    /// wrote it: every claim in flight is then from an earlier epoch. `None` for bytes no slot
+    /// encodes to (unknown flags, a lease deadline before time 0).
+    pub(crate) fn from_bytes_next_epoch(b: &[u8; SLOT_BYTES]) -> Option<Slot> {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let slot = Slot {
+            token: u64_at(0),
+            expires_at: u64_at(8),
+            fingerprint: u64_at(16),
+            lease_before_expiry: u32::from_le_bytes(b[24..28].try_into().expect("4 bytes")),
+            attempt: u16::from_le_bytes([b[28], b[29]]),
+            flags: b[30],
+        };
+        let known = COMPLETED | HAS_FP | EARLIER_EPOCH;
+        let lease_ok = u64::from(slot.lease_before_expiry) <= slot.expires_at;
+        let completed_ok = slot.flags & COMPLETED == 0 || slot.lease_before_expiry == 0;
+        (slot.flags & !known == 0 && lease_ok && completed_ok).then(|| Slot {
+            flags: if slot.is_in_flight() {
+                slot.flags | EARLIER_EPOCH
+            } else {
+                slot.flags & !EARLIER_EPOCH
+            },
+            ..slot
+        })
+    }
+}
+
 /// Keys are already uniformly random 128-bit digests: hash them by taking 64 of their bits.
 #[derive(Default)]
 pub(crate) struct DigestHasher(u64);
@@ -239,6 +283,49 @@ impl Index {
             }
             Entry::Occupied(_) => {}
         }
+    }
+}
+
+/// Shards of the directory, the unit of a snapshot's sections.
+pub(crate) const SNAPSHOT_SHARDS: usize = SHARDS;
+
+impl Index {
+    /// Calls `f` with every (digest, slot) of shard `i`, under its lock.
+    pub(crate) fn for_each_in_shard(&self, i: usize, mut f: impl FnMut(u128, &Slot)) {
+        for (filed, slot) in self.shards[i].lock().iter() {
+            f(
+                u128::from(filed.0[0]) | (u128::from(filed.0[1]) << 64),
+                slot,
+            );
+        }
+    }
+
+    /// Files `rows` into the empty shard `i` of this fresh directory. `false` when a digest
+    /// repeats or belongs to another shard (the rows did not come from a directory).
+    pub(crate) fn fill_shard(
+        &self,
+        i: usize,
+        rows: impl ExactSizeIterator<Item = (u128, Slot)>,
+    ) -> bool {
+        let mut shard = self.shards[i].lock();
+        shard.reserve(rows.len());
+        let mut in_flight = 0;
+        for (digest, slot) in rows {
+            if Self::shard_no(digest) != i || shard.insert(Filed::of(digest), slot).is_some() {
+                return false;
+            }
+            in_flight += u64::from(slot.is_in_flight());
+        }
+        self.in_flight.fetch_add(in_flight, Relaxed);
+        true
+    }
+
+    /// Empties this directory (after a failed fill).
+    pub(crate) fn clear(&self) {
+        for shard in self.shards.iter() {
+            *shard.lock() = Shard::default();
+        }
+        self.in_flight.store(0, Relaxed);
     }
 }
 

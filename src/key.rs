@@ -88,6 +88,15 @@ impl KeySeeds {
         KeySeeds(random.hash_one(0u8), random.hash_one(1u8))
     }
 
+    /// The two SipHash keys (a directory snapshot keeps them: its digests were made with them).
+    pub(crate) fn parts(&self) -> [u64; 2] {
+        [self.0, self.1]
+    }
+
+    pub(crate) fn from_parts([a, b]: [u64; 2]) -> Self {
+        KeySeeds(a, b)
+    }
+
     /// The digest of the key `key` in scope `scope` (each part length-prefixed).
     pub(crate) fn digest(&self, scope: &[u8], key: &[u8]) -> u128 {
         use siphasher::sip128::{Hasher128, SipHasher13};

@@ -109,6 +109,7 @@ mod outcome;
 mod pending;
 #[cfg(feature = "test-util")]
 pub mod sim_disk;
+mod snapshot;
 mod stats;
 mod storage;
 mod store;

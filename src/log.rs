@@ -458,7 +458,7 @@ pub(crate) fn path_for(path: &std::path::Path) -> std::path::PathBuf {
 pub(crate) struct LogFile(pub(crate) std::fs::File);
 
 #[cfg(unix)]
-fn read_at(file: &std::fs::File, out: &mut [u8], offset: u64) -> std::io::Result<()> {
+pub(crate) fn read_at(file: &std::fs::File, out: &mut [u8], offset: u64) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(file, out, offset)
 }
 
@@ -468,7 +468,11 @@ fn write_at(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<(
 }
 
 #[cfg(windows)]
-fn read_at(file: &std::fs::File, mut out: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+pub(crate) fn read_at(
+    file: &std::fs::File,
+    mut out: &mut [u8],
+    mut offset: u64,
+) -> std::io::Result<()> {
     while !out.is_empty() {
         match std::os::windows::fs::FileExt::seek_read(file, out, offset)? {
             0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),

@@ -42,6 +42,9 @@ pub struct Stats {
     pub failed_commits: u64,
     /// Durable commits of the store file that emptied the commit log (the log was full).
     pub checkpoints: u64,
+    /// Keys the open read from the directory snapshot of the last clean close (0: it scanned
+    /// the records; see [`Builder::snapshot_min_keys`](crate::Builder::snapshot_min_keys)).
+    pub keys_from_snapshot: u64,
     /// Live keys in the in-memory directory (including expired keys not yet swept).
     pub live_keys: u64,
     /// Keys in flight (claimed, not completed, not yet swept), the figure `max_in_flight` limits.
@@ -74,6 +77,7 @@ pub(crate) struct Counters {
     pub(crate) syncs: AtomicU64,
     pub(crate) failed_commits: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
+    pub(crate) keys_from_snapshot: AtomicU64,
 }
 
 impl Counters {
@@ -109,6 +113,7 @@ impl Counters {
             syncs: self.syncs.load(Relaxed),
             failed_commits: self.failed_commits.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
+            keys_from_snapshot: self.keys_from_snapshot.load(Relaxed),
             live_keys,
             in_flight_keys,
         }

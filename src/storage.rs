@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::index::{Index, Slot};
 use crate::key::{Key, KeySeeds};
 use crate::log::{self, Changes, Log, LogTable};
+use crate::snapshot;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -32,8 +33,10 @@ const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("idemst
 const BY_KEY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idemstore_by_key");
 
 /// On-disk format version written by this build. Version 2 added the commit log: a build that
-/// knows only version 1 would ignore the log and lose what it holds.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// knows only version 1 would ignore the log and lose what it holds. Version 3 added the
+/// directory snapshot: a build that knows only version 2 would change the file without
+/// clearing the snapshot's id, and a later open would trust a stale snapshot.
+pub(crate) const FORMAT_VERSION: u32 = 3;
 /// Sequence numbers (fencing tokens) are reserved durably in blocks of this size, so a token is
 /// never handed out twice, even across crashes, without a meta write per commit.
 pub(crate) const SEQ_BLOCK: u64 = 1 << 20;
@@ -45,6 +48,9 @@ const M_SEQ: &str = "seq_reserved";
 pub(crate) const M_HIGH_WATER: &str = "clock_high_water";
 pub(crate) const M_LOG_GEN: &str = "log_generation";
 pub(crate) const M_LOG_APPLIED: &str = "log_applied";
+/// The id of the directory snapshot written at the last clean close (0 or absent: none; see
+/// `snapshot.rs`).
+pub(crate) const M_SNAPSHOT: &str = "snapshot_id";
 /// `log_applied` after a clean close: the database holds everything, the log need not be read.
 pub(crate) const LOG_ALL_APPLIED: u64 = u64::MAX;
 
@@ -75,6 +81,10 @@ pub(crate) struct Opened {
     /// The commit log, restarted at a new generation (`None` when the configuration or the
     /// target has none).
     pub(crate) log: Option<Log>,
+    /// Keys read from a directory snapshot instead of the records (0: the records were scanned),
+    /// and the digest seeds of that snapshot, which the store must use from now on.
+    pub(crate) snapshot_keys: u64,
+    pub(crate) snapshot_seeds: Option<KeySeeds>,
 }
 
 fn layout_code(layout: Layout) -> u64 {
@@ -217,7 +227,10 @@ fn open_and_load(
     bump_epoch: bool,
 ) -> Result<Opened> {
     let _prefetch = match (target, creation) {
-        (Target::Path(path), Creation::Existing) => Prefetch::start(path),
+        // A snapshot, if it is used, makes reading the whole file ahead wasted work.
+        (Target::Path(path), Creation::Existing) if !snapshot::path_for(path).exists() => {
+            Prefetch::start(path)
+        }
         _ => None,
     };
     let db = open_db(target, creation.tmp(), config)?;
@@ -227,7 +240,7 @@ fn open_and_load(
     let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>> {
         Ok(meta.get(k)?.map(|g| g.value()))
     };
-    let (generation, applied) = {
+    let (generation, applied, snapshot_id) = {
         let mut meta = txn.open_table(META)?;
         match get(&meta, M_FORMAT)? {
             None => {
@@ -253,15 +266,17 @@ fn open_and_load(
         (
             get(&meta, M_LOG_GEN)?,
             get(&meta, M_LOG_APPLIED)?.unwrap_or(0),
+            get(&meta, M_SNAPSHOT)?.unwrap_or(0),
         )
     };
     // Before anything else is read: frames carry meta rows too.
-    if let (Some(generation), Some(file), false) =
-        (generation, &log_file, applied == LOG_ALL_APPLIED)
-    {
-        replay_log(&txn, config.layout, file.as_ref(), generation, applied)?;
-    }
-    let (epoch, next_seq, seq_reserved, high_water);
+    let replayed = match (generation, &log_file, applied == LOG_ALL_APPLIED) {
+        (Some(generation), Some(file), false) => {
+            replay_log(&txn, config.layout, file.as_ref(), generation, applied)? > 0
+        }
+        _ => false,
+    };
+    let (epoch, next_seq, seq_reserved, high_water, snapshot_keys);
     let next_generation = log::new_generation();
     {
         let mut meta = txn.open_table(META)?;
@@ -276,7 +291,26 @@ fn open_and_load(
         })?;
         meta.insert(M_EPOCH, e)?;
         high_water = get(&meta, M_HIGH_WATER)?.unwrap_or(0);
-        let max_seq = load(&txn, config.layout, seeds, index, epoch)?;
+        // The snapshot of the last clean close, if this is the open after it (see
+        // `snapshot.rs`); a damaged or missing one only costs the scan.
+        snapshot_keys = match target {
+            Target::Path(path) if snapshot_id != 0 && !replayed && bump_epoch => {
+                match snapshot::load(path, snapshot_id, index) {
+                    Ok(loaded) => Some(loaded),
+                    Err(_) => {
+                        index.clear();
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let max_seq = match snapshot_keys {
+            Some((_, _, max_token)) => max_token,
+            None => load(&txn, config.layout, seeds, index, epoch)?,
+        };
+        // From now on the file changes: no snapshot describes it.
+        meta.insert(M_SNAPSHOT, 0)?;
         let reserved = get(&meta, M_SEQ)?.unwrap_or(1);
         next_seq = reserved.max(max_seq + 1);
         seq_reserved = next_seq + SEQ_BLOCK;
@@ -286,6 +320,12 @@ fn open_and_load(
         meta.insert(M_LOG_APPLIED, 0)?;
     }
     commit(txn, config, true)?;
+    if let Target::Path(path) = target
+        && snapshot_id != 0
+    {
+        // Stale from now on; the meta table no longer names it.
+        let _ = std::fs::remove_file(snapshot::path_for(path));
+    }
     let log = match log_file {
         Some(file) if config.log_capacity > 0 && config.durability == Durability::Immediate => {
             Some(Log::new(file, next_generation, config.log_capacity)?)
@@ -299,6 +339,8 @@ fn open_and_load(
         seq_reserved,
         high_water,
         log,
+        snapshot_keys: snapshot_keys.as_ref().map_or(0, |(_, keys, _)| *keys),
+        snapshot_seeds: snapshot_keys.map(|(seeds, _, _)| seeds),
     })
 }
 
@@ -336,7 +378,7 @@ fn open_log(
     Ok(Some(file))
 }
 
-fn sync_parent(path: &Path) -> Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     std::fs::File::open(dir.unwrap_or(Path::new(".")))
         .and_then(|d| d.sync_all())
@@ -344,7 +386,7 @@ fn sync_parent(path: &Path) -> Result<()> {
 }
 
 /// Applies the frames of log `generation` that the database does not hold yet (`applied`
-/// onwards) to `txn`.
+/// onwards) to `txn`; answers how many frames it applied.
 fn replay_log(
     txn: &redb::WriteTransaction,
     layout: Layout,

@@ -125,6 +125,8 @@ impl Store {
         let seeds = KeySeeds::new();
         let index = Index::new();
         let mut opened = storage::open(&index, &target, &config, &seeds, true)?;
+        // A directory read from a snapshot was filed with the digests of the open that wrote it.
+        let seeds = opened.snapshot_seeds.take().unwrap_or(seeds);
         let shared = Arc::new(Shared {
             time: StoreTime::new(config.clock.clone(), opened.high_water),
             seeds,
@@ -145,6 +147,10 @@ impl Store {
             poison_reason: Mutex::new(None),
             config,
         });
+        shared
+            .counters
+            .keys_from_snapshot
+            .store(opened.snapshot_keys, std::sync::atomic::Ordering::Relaxed);
         let writer = Writer::new(Arc::clone(&shared), &mut opened);
         shared.install_database(opened.db);
         let (tx, rx) = crossbeam_channel::bounded(shared.config.queue_capacity);

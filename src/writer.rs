@@ -20,8 +20,9 @@ use crate::key::{Fingerprint, Key, Response};
 use crate::log::{Changes, Log};
 use crate::machine::{self, ClaimDecision, OwnerDecision, OwnerOp, Rules, State};
 use crate::outcome::{ClaimOutcome, Lease, Replay};
+use crate::snapshot;
 use crate::stats::Counters;
-use crate::storage::{self, Opened, Tables};
+use crate::storage::{self, Opened, Tables, Target};
 use crate::store::Shared;
 use crate::sweeper::Due;
 use crate::{clock, codec};
@@ -228,11 +229,28 @@ impl Writer {
     /// On shutdown, persists the highest time used (a `get` may have answered "expired" at a
     /// time no commit recorded), so a clock stepping back across a restart resurrects nothing,
     /// and checkpoints the commit log, marking it fully applied so the next open does not read it.
+    /// A large store also writes a snapshot of its directory, named in this last commit.
     fn persist_high_water(&mut self) {
         let now = self.shared.time.now();
-        if (now <= self.high_water_persisted && self.log.is_none())
-            || self.shared.poison_reason().is_some()
-        {
+        if self.shared.poison_reason().is_some() {
+            return;
+        }
+        let snapshot = match &self.shared.target {
+            Target::Path(path)
+                if self.shared.index.len() as u64 >= self.shared.config.snapshot_min_keys =>
+            {
+                let id = snapshot::new_id();
+                match snapshot::write(path, &self.shared.index, &self.shared.seeds, id) {
+                    Ok(()) => Some(id),
+                    Err(e) => {
+                        eprintln!("idemstore: the directory snapshot at close failed: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if now <= self.high_water_persisted && self.log.is_none() && snapshot.is_none() {
             return;
         }
         let Some(db) = self.shared.database() else {
@@ -242,6 +260,9 @@ impl Writer {
             let mut meta = vec![(storage::M_HIGH_WATER, now.max(self.high_water_persisted))];
             if self.log.is_some() {
                 meta.push((storage::M_LOG_APPLIED, storage::LOG_ALL_APPLIED));
+            }
+            if let Some(id) = snapshot {
+                meta.push((storage::M_SNAPSHOT, id));
             }
             storage::put_meta(&txn, &meta, &mut Changes::default())?;
             storage::commit(txn, &self.shared.config, true)

@@ -364,7 +364,7 @@ mod files {
         let (_dir, path) = populated();
         with_redb(&path, |txn| {
             let mut meta = txn.open_table(META).unwrap();
-            assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 2);
+            assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 3);
             meta.insert("format_version", 99).unwrap();
         });
         let r = Store::open(&path);
@@ -373,7 +373,7 @@ mod files {
                 r,
                 Err(Error::UnsupportedFormat {
                     found: 99,
-                    supported: 2
+                    supported: 3
                 })
             ),
             "{r:?}"

@@ -111,12 +111,32 @@ pub fn sync_disk() {
     let _ = Command::new("sync").status();
 }
 
-/// Evicts `path` from the page cache (GNU dd: `iflag=nocache count=0` drops the whole file).
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    name.into()
+}
+
+/// The suffixes of the files beside a store file that belong to it (its commit log and
+/// directory snapshot) present beside `path`.
+fn companions(path: &Path) -> Vec<&'static str> {
+    ["-log", "-snapshot"]
+        .into_iter()
+        .filter(|suffix| with_suffix(path, suffix).exists())
+        .collect()
+}
+
+/// Evicts the store file at `path` and its companions from the page cache (GNU dd:
+/// `iflag=nocache count=0` drops the whole file).
 fn evict(path: &Path) {
-    let _ = Command::new("dd")
-        .arg(format!("if={}", path.display()))
-        .args(["iflag=nocache", "count=0", "status=none"])
-        .status();
+    let files = companions(path).into_iter().map(|s| with_suffix(path, s));
+    for file in std::iter::once(path.to_path_buf()).chain(files) {
+        let _ = Command::new("dd")
+            .arg(format!("if={}", file.display()))
+            .args(["iflag=nocache", "count=0", "status=none"])
+            .status();
+    }
 }
 
 impl Templates {
@@ -150,6 +170,10 @@ impl Templates {
     pub fn copy(&mut self, live: u64, to: &Path) {
         let (from, _) = self.get(live);
         std::fs::copy(&from, to).expect("copy the pre-filled file");
+        for suffix in companions(&from) {
+            std::fs::copy(with_suffix(&from, suffix), with_suffix(to, suffix))
+                .expect("copy the pre-filled file's companion");
+        }
         sync_disk();
     }
 

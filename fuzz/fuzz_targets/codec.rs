@@ -2,8 +2,9 @@
 //! never panic the decoder, and what decodes re-encodes to the same record (`Bytes`, with the
 //! version byte and checksum made valid when `reseal`, so the damage reaches bincode); every
 //! structured record round-trips byte-exact, and its truncations, an appended byte and a
-//! flipped bit are refused as corrupt (`Record`). The `file` target plants such records in a
-//! store file and opens it.
+//! flipped bit are refused as corrupt (`Record`); arbitrary bytes never panic the directory
+//! snapshot's parser, and a section that parses re-encodes to its bytes (`Snapshot`). The
+//! `file` target plants such records in a store file and opens it.
 
 #![no_main]
 
@@ -28,6 +29,10 @@ enum Input {
         in_flight: Option<(u64, u32)>,
         response: Option<(u16, Vec<(String, Vec<u8>)>, Vec<u8>)>,
         flip: (usize, u8),
+    },
+    Snapshot {
+        data: Vec<u8>,
+        reseal: bool,
     },
 }
 
@@ -68,4 +73,7 @@ fuzz_target!(|input: Input| match input {
         },
         flip,
     ),
+    Input::Snapshot { mut data, reseal } => {
+        codec_probe::snapshot_any(&mut data, reseal);
+    }
 });
