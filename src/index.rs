@@ -290,6 +290,11 @@ impl Index {
 pub(crate) const SNAPSHOT_SHARDS: usize = SHARDS;
 
 impl Index {
+    /// Keys in shard `i`.
+    pub(crate) fn shard_len(&self, i: usize) -> usize {
+        self.shards[i].lock().len()
+    }
+
     /// Calls `f` with every (digest, slot) of shard `i`, under its lock.
     pub(crate) fn for_each_in_shard(&self, i: usize, mut f: impl FnMut(u128, &Slot)) {
         for (filed, slot) in self.shards[i].lock().iter() {

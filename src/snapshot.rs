@@ -36,6 +36,19 @@ pub(crate) fn path_for(path: &Path) -> PathBuf {
     name.into()
 }
 
+/// Removes the snapshot of the store file at `path` and any half-written one, if there.
+pub(crate) fn remove(path: &Path) {
+    let target = path_for(path);
+    let _ = std::fs::remove_file(tmp_for(&target));
+    let _ = std::fs::remove_file(target);
+}
+
+fn tmp_for(target: &Path) -> PathBuf {
+    let mut tmp = target.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    tmp.into()
+}
+
 /// A nonzero random id.
 pub(crate) fn new_id() -> u64 {
     crate::log::new_generation() | 1
@@ -49,9 +62,7 @@ fn xxh3(bytes: &[u8]) -> u64 {
 /// file, synced, then renamed into place.
 pub(crate) fn write(path: &Path, index: &Index, seeds: &KeySeeds, id: u64) -> Result<()> {
     let target = path_for(path);
-    let mut tmp = target.clone().into_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let tmp = tmp_for(&target);
     let result = (|| -> std::io::Result<()> {
         let file = std::fs::File::create(&tmp)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
@@ -64,9 +75,7 @@ pub(crate) fn write(path: &Path, index: &Index, seeds: &KeySeeds, id: u64) -> Re
             header.extend_from_slice(&part.to_le_bytes());
         }
         for i in 0..SHARDS {
-            let mut n = 0u64;
-            index.for_each_in_shard(i, |_, _| n += 1);
-            header.extend_from_slice(&n.to_le_bytes());
+            header.extend_from_slice(&(index.shard_len(i) as u64).to_le_bytes());
         }
         let sum = xxh3(&header);
         header.extend_from_slice(&sum.to_le_bytes());
@@ -137,14 +146,23 @@ pub(crate) fn parse_section(bytes: &[u8]) -> Result<Vec<(u128, Slot)>> {
         .collect()
 }
 
-/// Fills the fresh directory `index` from the snapshot `id` of the store file at `path`,
-/// sections filed by two threads; answers the digest seeds to use from now on, the number of
-/// keys and the highest token. On an error the directory may be partly filled.
-pub(crate) fn load(path: &Path, id: u64, index: &Index) -> Result<(KeySeeds, u64, u64)> {
+/// Fills the fresh directory `index` from the snapshot `id` of the store file at `path`, which
+/// holds `records` records (a directory has at most one key per record), sections filed by two
+/// threads; answers the digest seeds to use from now on, the number of keys and the highest
+/// token. On an error the directory may be partly filled.
+pub(crate) fn load(
+    path: &Path,
+    id: u64,
+    records: u64,
+    index: &Index,
+) -> Result<(KeySeeds, u64, u64)> {
     let file = std::fs::File::open(path_for(path)).map_err(Error::Io)?;
     let mut header = vec![0u8; HEADER];
     crate::log::read_at(&file, &mut header, 0).map_err(Error::Io)?;
     let (seeds, counts) = parse_header(&header, id)?;
+    if counts.iter().try_fold(0u64, |sum, &n| sum.checked_add(n)) > Some(records) {
+        return Err(corrupt("more keys than the store file has records"));
+    }
     let mut offsets = Vec::with_capacity(SHARDS);
     let mut at = HEADER as u64;
     for &n in &counts {
@@ -272,13 +290,17 @@ mod tests {
         let path = dir.path().join("s");
         write(&path, &index, &KeySeeds::new(), 7).expect("write");
         let bytes = std::fs::read(path_for(&path)).expect("read");
+        assert!(
+            load(&path, 7, 1, &Index::new()).is_err(),
+            "two keys, one record"
+        );
         // Shards 1 and 2 hold one entry each.
         let first = HEADER + 8;
         let mut section = bytes[first..first + ENTRY + 8].to_vec();
         assert!(probe(&mut section.clone(), false));
         assert!(probe(&mut section, true));
         let loaded = Index::new();
-        let (_, keys, max_token) = load(&path, 7, &loaded).expect("load");
+        let (_, keys, max_token) = load(&path, 7, 2, &loaded).expect("load");
         assert_eq!((keys, max_token, loaded.in_flight()), (2, 2, 1));
     }
 }

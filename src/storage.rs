@@ -226,13 +226,6 @@ fn open_and_load(
     seeds: &KeySeeds,
     bump_epoch: bool,
 ) -> Result<Opened> {
-    let _prefetch = match (target, creation) {
-        // A snapshot, if it is used, makes reading the whole file ahead wasted work.
-        (Target::Path(path), Creation::Existing) if !snapshot::path_for(path).exists() => {
-            Prefetch::start(path)
-        }
-        _ => None,
-    };
     let db = open_db(target, creation.tmp(), config)?;
     // Only now, holding the database's lock.
     let log_file = open_log(target, creation, config)?;
@@ -269,6 +262,15 @@ fn open_and_load(
             get(&meta, M_SNAPSHOT)?.unwrap_or(0),
         )
     };
+    // Read ahead unless a snapshot will spare the scan (it is read below if the file names it).
+    let _prefetch = match (target, creation) {
+        (Target::Path(path), Creation::Existing)
+            if snapshot_id == 0 || !snapshot::path_for(path).exists() =>
+        {
+            Prefetch::start(path)
+        }
+        _ => None,
+    };
     // Before anything else is read: frames carry meta rows too.
     let replayed = match (generation, &log_file, applied == LOG_ALL_APPLIED) {
         (Some(generation), Some(file), false) => {
@@ -295,7 +297,9 @@ fn open_and_load(
         // `snapshot.rs`); a damaged or missing one only costs the scan.
         snapshot_keys = match target {
             Target::Path(path) if snapshot_id != 0 && !replayed && bump_epoch => {
-                match snapshot::load(path, snapshot_id, index) {
+                // No more keys than records: bounds what a crafted header can make it allocate.
+                let records = records_in(&txn, config.layout)?;
+                match snapshot::load(path, snapshot_id, records, index) {
                     Ok(loaded) => Some(loaded),
                     Err(_) => {
                         index.clear();
@@ -320,11 +324,10 @@ fn open_and_load(
         meta.insert(M_LOG_APPLIED, 0)?;
     }
     commit(txn, config, true)?;
-    if let Target::Path(path) = target
-        && snapshot_id != 0
-    {
-        // Stale from now on; the meta table no longer names it.
-        let _ = std::fs::remove_file(snapshot::path_for(path));
+    if let Target::Path(path) = target {
+        // Stale from now on (the meta table no longer names it), or never named by it (a close
+        // that died before its last commit).
+        snapshot::remove(path);
     }
     let log = match log_file {
         Some(file) if config.log_capacity > 0 && config.durability == Durability::Immediate => {
@@ -494,10 +497,7 @@ fn load(
     epoch: u32,
 ) -> Result<u64> {
     let mut max_seq = 0;
-    let expected = match layout {
-        Layout::TimeOrdered => txn.open_table(RECORDS)?.len()?,
-        Layout::KeyOrdered => txn.open_table(BY_KEY)?.len()?,
-    };
+    let expected = records_in(txn, layout)?;
     index.fill(usize::try_from(expected).unwrap_or(0), |filler| {
         let mut add = |digest: u128, entry: &crate::machine::Entry| {
             max_seq = max_seq.max(entry.token);
@@ -758,6 +758,14 @@ pub(crate) fn scan_expiry(
 }
 
 /// Number of records on disk (live or expired but not yet swept).
+/// Records in the table of `layout` (redb keeps the count: no scan).
+fn records_in(txn: &redb::WriteTransaction, layout: Layout) -> Result<u64> {
+    Ok(match layout {
+        Layout::TimeOrdered => txn.open_table(RECORDS)?.len()?,
+        Layout::KeyOrdered => txn.open_table(BY_KEY)?.len()?,
+    })
+}
+
 pub(crate) fn record_count(db: &Database, layout: Layout) -> Result<u64> {
     let txn = db.begin_read()?;
     Ok(match layout {

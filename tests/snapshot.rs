@@ -221,3 +221,59 @@ fn a_small_store_writes_no_snapshot_by_default() {
     store.close().unwrap();
     assert!(!snapshot_of(&path).exists());
 }
+
+#[test]
+fn a_header_announcing_more_keys_than_records_is_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = closed_store(dir.path());
+    let snap = snapshot_of(&path);
+    let mut bytes = std::fs::read(&snap).unwrap();
+    // Layout of `src/snapshot.rs`: magic, version, shards, id, seeds, 64 counts, checksum.
+    const COUNTS: usize = 8 + 4 + 4 + 8 + 16;
+    const HEADER: usize = COUNTS + 8 * 64 + 8;
+    let count = |b: &[u8], i: usize| {
+        u64::from_le_bytes(b[COUNTS + 8 * i..COUNTS + 8 * i + 8].try_into().unwrap())
+    };
+    // A 1 TiB first section over a sparse file of the matching length, checksum made valid:
+    // reading it would be an allocation that aborts the process.
+    let huge = (1u64 << 40) / 47;
+    let rest: u64 = (1..64).map(|i| count(&bytes, i) * 47 + 8).sum();
+    bytes[COUNTS..COUNTS + 8].copy_from_slice(&huge.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..HEADER - 8]);
+    bytes[HEADER - 8..HEADER].copy_from_slice(&sum.to_le_bytes());
+    bytes.truncate(HEADER);
+    std::fs::write(&snap, &bytes).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&snap)
+        .unwrap()
+        .set_len(HEADER as u64 + huge * 47 + 8 + rest)
+        .unwrap();
+    let store = builder(&ManualClock::new(T0)).open(&path).unwrap();
+    assert_eq!(store.stats().keys_from_snapshot, 0);
+    assert!(matches!(
+        store.claim(&key(0), fingerprint(0)).unwrap(),
+        ClaimOutcome::Replay(_)
+    ));
+}
+
+#[test]
+fn a_snapshot_the_store_file_does_not_name_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::new(T0);
+    Store::builder()
+        .clock(clock.clone())
+        .open(&path)
+        .unwrap()
+        .close()
+        .unwrap();
+    // What a close that died before its last commit leaves: a snapshot the file does not name,
+    // and a half-written one.
+    std::fs::write(snapshot_of(&path), b"junk").unwrap();
+    std::fs::write(sibling(&path, "-snapshot.tmp"), b"junk").unwrap();
+    let store = Store::builder().clock(clock).open(&path).unwrap();
+    assert_eq!(store.stats().keys_from_snapshot, 0);
+    assert!(!snapshot_of(&path).exists());
+    assert!(!sibling(&path, "-snapshot.tmp").exists());
+}
