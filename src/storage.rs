@@ -370,7 +370,7 @@ fn open_log(
             // The log's directory entry must be durable before any frame in it is; at every
             // open, as an earlier open may have created the file and died before syncing.
             sync_parent(&path)?;
-            Box::new(log::LogFile(file))
+            Box::new(log::LogFile::new(file, &path))
         }
         Target::Backend { log: Some(log), .. } => log(),
         Target::Backend { log: None, .. } => return Ok(None),
