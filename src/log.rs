@@ -474,15 +474,21 @@ struct Direct {
 }
 
 impl LogFile {
-    /// `file`, opened at `path`.
-    pub(crate) fn new(file: std::fs::File, path: &std::path::Path) -> LogFile {
-        LogFile {
+    /// Opens (creating it if needed) the log file at `path`.
+    pub(crate) fn open(path: &std::path::Path) -> std::io::Result<LogFile> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Ok(LogFile {
             file,
             direct: parking_lot::Mutex::new(open_direct(path).map(|file| Direct {
                 file,
                 buf: Vec::new(),
             })),
-        }
+        })
     }
 
     /// Writes `data` at `offset` through the `O_DIRECT` handle; `false` if it was not used.
@@ -596,14 +602,7 @@ mod tests {
     fn a_log_file_reads_back_what_it_wrote_direct_or_buffered() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("s-log");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .expect("create");
-        let log = LogFile::new(file, &path);
+        let log = LogFile::open(&path).expect("create");
         let block = |b: u8, n: usize| vec![b; n * BLOCK as usize];
         // Buffered zeros, then whole blocks over them (direct where the file system allows),
         // then an unaligned write (buffered) across a direct one.

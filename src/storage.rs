@@ -360,17 +360,11 @@ fn open_log(
             if !path.exists() && config.log_capacity == 0 {
                 return Ok(None);
             }
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(Error::Io)?;
+            let file = log::LogFile::open(&path).map_err(Error::Io)?;
             // The log's directory entry must be durable before any frame in it is; at every
             // open, as an earlier open may have created the file and died before syncing.
             sync_parent(&path)?;
-            Box::new(log::LogFile::new(file, &path))
+            Box::new(file)
         }
         Target::Backend { log: Some(log), .. } => log(),
         Target::Backend { log: None, .. } => return Ok(None),
