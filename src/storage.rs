@@ -278,7 +278,7 @@ fn open_and_load(
         }
         _ => false,
     };
-    let (epoch, next_seq, seq_reserved, high_water, snapshot_keys);
+    let (epoch, next_seq, seq_reserved, high_water, from_snapshot);
     let next_generation = log::new_generation();
     {
         let mut meta = txn.open_table(META)?;
@@ -295,7 +295,7 @@ fn open_and_load(
         high_water = get(&meta, M_HIGH_WATER)?.unwrap_or(0);
         // The snapshot of the last clean close, if this is the open after it (see
         // `snapshot.rs`); a damaged or missing one only costs the scan.
-        snapshot_keys = match target {
+        from_snapshot = match target {
             Target::Path(path) if snapshot_id != 0 && !replayed && bump_epoch => {
                 // No more keys than records: bounds what a crafted header can make it allocate.
                 let records = records_in(&txn, config.layout)?;
@@ -309,7 +309,7 @@ fn open_and_load(
             }
             _ => None,
         };
-        let max_seq = match snapshot_keys {
+        let max_seq = match from_snapshot {
             Some((_, _, max_token)) => max_token,
             None => load(&txn, config.layout, seeds, index, epoch)?,
         };
@@ -342,8 +342,8 @@ fn open_and_load(
         seq_reserved,
         high_water,
         log,
-        snapshot_keys: snapshot_keys.as_ref().map_or(0, |(_, keys, _)| *keys),
-        snapshot_seeds: snapshot_keys.map(|(seeds, _, _)| seeds),
+        snapshot_keys: from_snapshot.as_ref().map_or(0, |(_, keys, _)| *keys),
+        snapshot_seeds: from_snapshot.map(|(seeds, _, _)| seeds),
     })
 }
 
@@ -751,7 +751,6 @@ pub(crate) fn scan_expiry(
     Ok(out)
 }
 
-/// Number of records on disk (live or expired but not yet swept).
 /// Records in the table of `layout` (redb keeps the count: no scan).
 fn records_in(txn: &redb::WriteTransaction, layout: Layout) -> Result<u64> {
     Ok(match layout {
@@ -760,6 +759,7 @@ fn records_in(txn: &redb::WriteTransaction, layout: Layout) -> Result<u64> {
     })
 }
 
+/// Number of records on disk (live or expired but not yet swept).
 pub(crate) fn record_count(db: &Database, layout: Layout) -> Result<u64> {
     let txn = db.begin_read()?;
     Ok(match layout {
