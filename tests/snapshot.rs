@@ -277,3 +277,23 @@ fn a_snapshot_the_store_file_does_not_name_is_removed() {
     assert!(!snapshot_of(&path).exists());
     assert!(!sibling(&path, "-snapshot.tmp").exists());
 }
+
+#[test]
+fn a_snapshot_that_cannot_be_written_leaves_a_clean_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    // A directory where the snapshot's temporary file goes: writing it fails.
+    std::fs::create_dir(sibling(&path, "-snapshot.tmp")).unwrap();
+    let store = builder(&ManualClock::new(T0)).open(&path).unwrap();
+    populate(&store);
+    store.close().unwrap();
+    assert!(!snapshot_of(&path).exists());
+    let store = builder(&ManualClock::new(T0 + 1_000)).open(&path).unwrap();
+    assert_eq!(store.stats().keys_from_snapshot, 0);
+    for i in (0..KEYS).step_by(4) {
+        assert!(matches!(
+            store.claim(&key(i), fingerprint(i)).unwrap(),
+            ClaimOutcome::Replay(_)
+        ));
+    }
+}
