@@ -8,6 +8,10 @@
 # SECONDS (default 3600) and RUNS (default unlimited) bound the run, whichever comes first. New
 # corpus entries land in fuzz/corpus/TARGET (commit them to keep the progress); a crash leaves
 # its input in fuzz/artifacts/TARGET and the script exits non-zero.
+#
+# Pausing a run (kill -STOP, e.g. to measure something) for more than 20 minutes makes
+# libFuzzer report the input it was running as a timeout (-timeout, 1,200 s by default, counts
+# wall time): replay such an input (`fuzz/target/*/release/TARGET FILE`) before believing it.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 target=${1:?usage: scripts/fuzz-long.sh TARGET [SECONDS] [RUNS]}
