@@ -41,7 +41,7 @@ pub(crate) struct Slot {
 const COMPLETED: u8 = 1;
 const HAS_FP: u8 = 2;
 /// In flight, claimed under an earlier epoch than the directory's.
-const EARLIER_EPOCH: u8 = 4;
+pub(crate) const EARLIER_EPOCH: u8 = 4;
 
 impl Slot {
     /// The slot of `e` in a directory of epoch `epoch` (the store's current one).
@@ -195,6 +195,10 @@ impl Filed {
     fn of(digest: u128) -> Filed {
         Filed([digest as u64, (digest >> 64) as u64])
     }
+
+    fn digest(self) -> u128 {
+        u128::from(self.0[0]) | (u128::from(self.0[1]) << 64)
+    }
 }
 
 impl std::hash::Hash for Filed {
@@ -298,10 +302,7 @@ impl Index {
     /// Calls `f` with every (digest, slot) of shard `i`, under its lock.
     pub(crate) fn for_each_in_shard(&self, i: usize, mut f: impl FnMut(u128, &Slot)) {
         for (filed, slot) in self.shards[i].lock().iter() {
-            f(
-                u128::from(filed.0[0]) | (u128::from(filed.0[1]) << 64),
-                slot,
-            );
+            f(filed.digest(), slot);
         }
     }
 

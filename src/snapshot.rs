@@ -222,6 +222,7 @@ pub(crate) fn load(
 /// whether the section parsed.
 #[cfg(feature = "test-util")]
 pub(crate) fn probe(data: &mut Vec<u8>, reseal: bool) -> bool {
+    use crate::index::EARLIER_EPOCH;
     let id = data
         .get(16..24)
         .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
@@ -237,9 +238,8 @@ pub(crate) fn probe(data: &mut Vec<u8>, reseal: bool) -> bool {
     for ((digest, slot), bytes) in rows.iter().zip(data.chunks_exact(ENTRY)) {
         assert_eq!(digest.to_le_bytes(), bytes[..16]);
         let mut again = slot.to_bytes();
-        let epoch_flag = 4;
         again[SLOT_BYTES - 1] =
-            (again[SLOT_BYTES - 1] & !epoch_flag) | (bytes[ENTRY - 1] & epoch_flag);
+            (again[SLOT_BYTES - 1] & !EARLIER_EPOCH) | (bytes[ENTRY - 1] & EARLIER_EPOCH);
         assert_eq!(again, bytes[16..], "a slot re-encodes to its bytes");
     }
     true

@@ -223,14 +223,14 @@ impl Writer {
         if self.unsynced_since.is_some() {
             self.sync();
         }
-        self.persist_high_water();
+        self.final_commit();
     }
 
     /// On shutdown, persists the highest time used (a `get` may have answered "expired" at a
     /// time no commit recorded), so a clock stepping back across a restart resurrects nothing,
     /// and checkpoints the commit log, marking it fully applied so the next open does not read it.
     /// A large store also writes a snapshot of its directory, named in this last commit.
-    fn persist_high_water(&mut self) {
+    fn final_commit(&mut self) {
         let now = self.shared.time.now();
         if self.shared.poison_reason().is_some() {
             return;

@@ -123,6 +123,19 @@ pub struct Run {
     pub win_rate: f64,
 }
 
+impl Run {
+    /// Nothing timed yet, of a pool that ran `total_ops` operations.
+    fn empty(total_ops: u64) -> Run {
+        Run {
+            ops: 0,
+            elapsed: Duration::ZERO,
+            hist: histogram(),
+            total_ops,
+            win_rate: 1.0,
+        }
+    }
+}
+
 /// `threads` caller threads, each holding one worker (connection) of an engine, running the
 /// workload from `start` until `finish` (or drop).
 pub struct Pool {
@@ -404,13 +417,7 @@ impl Paired {
         } else {
             [1, 0]
         };
-        let mut round = [(); 2].map(|()| Run {
-            ops: 0,
-            elapsed: Duration::ZERO,
-            hist: histogram(),
-            total_ops: 0,
-            win_rate: 1.0,
-        });
+        let mut round = [0, 0].map(Run::empty);
         for i in order {
             let (worker, run) = (&mut self.workers[i], &mut round[i]);
             let t0 = Instant::now();
@@ -434,13 +441,7 @@ impl Paired {
     pub fn finish(self, n: usize) -> [Run; 2] {
         let total_ops = self.seq;
         let skip = self.rounds.len().saturating_sub(n);
-        let mut out = [0, 1].map(|i| Run {
-            ops: 0,
-            elapsed: Duration::ZERO,
-            hist: histogram(),
-            total_ops: total_ops[i],
-            win_rate: 1.0,
-        });
+        let mut out = total_ops.map(Run::empty);
         for round in self.rounds.into_iter().skip(skip) {
             for (o, r) in out.iter_mut().zip(round) {
                 o.ops += r.ops;
