@@ -31,6 +31,9 @@ pub struct Stats {
     /// Operations carried by those transactions (divide by `batches_committed` for the mean
     /// batch size).
     pub batched_ops: u64,
+    /// Of `batches_committed`, those a caller committed in its own thread, having found the
+    /// writer idle (`Durability::Immediate` only).
+    pub caller_commits: u64,
     /// Claims that found their key being acquired by the batch under commit and waited for
     /// that commit instead of queueing for the next one.
     pub claims_waited_for_commit: u64,
@@ -73,6 +76,7 @@ pub(crate) struct Counters {
     pub(crate) stale_token_rejections: AtomicU64,
     pub(crate) batches_committed: AtomicU64,
     pub(crate) batched_ops: AtomicU64,
+    pub(crate) caller_commits: AtomicU64,
     pub(crate) claims_waited_for_commit: AtomicU64,
     pub(crate) syncs: AtomicU64,
     pub(crate) failed_commits: AtomicU64,
@@ -109,6 +113,7 @@ impl Counters {
             stale_token_rejections: self.stale_token_rejections.load(Relaxed),
             batches_committed: self.batches_committed.load(Relaxed),
             batched_ops: self.batched_ops.load(Relaxed),
+            caller_commits: self.caller_commits.load(Relaxed),
             claims_waited_for_commit: self.claims_waited_for_commit.load(Relaxed),
             syncs: self.syncs.load(Relaxed),
             failed_commits: self.failed_commits.load(Relaxed),

@@ -10,7 +10,7 @@ use crate::outcome::{ClaimOutcome, Lease, RecordInfo};
 use crate::stats::{Counters, Stats};
 use crate::storage::{self, Target};
 use crate::sweeper::Sweep;
-use crate::writer::{self, Op, Writer};
+use crate::writer::{self, Desk, Op, Writer};
 use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 use redb::Database;
@@ -86,6 +86,7 @@ impl Shared {
 pub struct Store {
     shared: Arc<Shared>,
     tx: Option<Sender<Op>>,
+    desk: Arc<Desk>,
     writer: Option<JoinHandle<()>>,
     /// The writer's low-priority queue for expiry chunks; dropped after the writer ended.
     sweep_tx: Option<Sender<Op>>,
@@ -155,13 +156,16 @@ impl Store {
         shared.install_database(opened.db);
         let (tx, rx) = crossbeam_channel::bounded(shared.config.queue_capacity);
         let (sweep_tx, sweep_rx) = crossbeam_channel::bounded(2);
+        let desk = Arc::new(Desk::new(writer, rx));
+        let thread_desk = Arc::clone(&desk);
         let handle = std::thread::Builder::new()
             .name("idemstore-writer".into())
-            .spawn(move || writer.run(rx, sweep_rx))
+            .spawn(move || thread_desk.run(sweep_rx))
             .map_err(Error::Io)?;
         let mut store = Store {
             shared,
             tx: Some(tx),
+            desk,
             writer: Some(handle),
             sweep_tx: Some(sweep_tx),
             sweeper_stop: None,
@@ -218,11 +222,16 @@ impl Store {
         Ok(key.digest(&self.shared.seeds))
     }
 
-    /// Sends an operation to the writer and waits for its answer.
+    /// Commits an operation in this thread if the writer is idle (see [`Desk`]), or sends it
+    /// to the writer; then waits for its answer.
     fn call<T>(&self, make: impl FnOnce(writer::Reply<T>) -> Op) -> Result<T> {
         let tx = self.tx.as_ref().ok_or(Error::Closed)?;
         let (reply, answer) = crate::oneshot::oneshot();
-        tx.send(make(reply)).map_err(|_| Error::Closed)?;
+        if let Some(op) = self.desk.commit_here(make(reply)) {
+            let _in_line = self.desk.wait_in_line();
+            tx.send(op).map_err(|_| Error::Closed)?;
+            return answer.wait();
+        }
         answer.wait()
     }
 

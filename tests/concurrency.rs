@@ -153,8 +153,8 @@ fn run(keys: usize, orders: Vec<Vec<usize>>) {
     let (in_flight, replays) = (seen.in_flight.load(Relaxed), seen.replays.load(Relaxed));
     eprintln!(
         "{keys} keys: {in_flight} in flight, {replays} replays, {} batches for {} operations, \
-         {} claims waited for the commit of their key",
-        s.batches_committed, s.batched_ops, s.claims_waited_for_commit
+         {} claims waited for the commit of their key, {} batches committed by their caller",
+        s.batches_committed, s.batched_ops, s.claims_waited_for_commit, s.caller_commits
     );
     assert_eq!(s.claims_acquired, keys as u64);
     assert_eq!(s.takeovers, 0);
@@ -166,6 +166,7 @@ fn run(keys: usize, orders: Vec<Vec<usize>>) {
     assert_eq!(s.failed_commits, 0);
     assert_eq!(s.live_keys, keys as u64);
     assert!(s.batches_committed > 0 && s.batches_committed <= s.batched_ops);
+    assert!(s.caller_commits <= s.batches_committed);
 
     // Every later claim replays the winner's result.
     for k in 0..keys {
@@ -203,4 +204,40 @@ fn threads_hammering_eight_hot_keys() {
         })
         .collect();
     run(KEYS, orders);
+}
+
+/// A caller that finds the writer idle commits its own operation (`Durability::Immediate`),
+/// with the same answers; in bounded mode every batch goes through the writer thread, whose
+/// timer makes it durable.
+#[test]
+fn a_lone_caller_commits_its_own_operations_when_every_ack_is_durable() {
+    let bounded = idemstore::Durability::Bounded {
+        max_delay: std::time::Duration::from_millis(5),
+    };
+    for durability in [idemstore::Durability::Immediate, bounded] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::builder()
+            .durability(durability)
+            .open(dir.path().join("lone.redb"))
+            .expect("open");
+        for k in 0..20 {
+            let ClaimOutcome::Acquired(lease) = store.claim(&key(k), None).expect("claim") else {
+                panic!("a new key is acquired");
+            };
+            store.complete(&lease, response(k, 0)).expect("complete");
+            let ClaimOutcome::Replay(replay) = store.claim(&key(k), None).expect("retry") else {
+                panic!("a completed key replays");
+            };
+            assert_eq!(replay.response, response(k, 0));
+        }
+        let s = store.stats();
+        assert_eq!((s.claims_acquired, s.completes, s.replays), (20, 20, 20));
+        let expected = match durability {
+            idemstore::Durability::Immediate => s.batches_committed,
+            _ => 0,
+        };
+        assert_eq!(s.caller_commits, expected, "{durability:?}: {s:?}");
+        assert!(s.batches_committed >= 40, "{s:?}");
+        store.close().expect("close");
+    }
 }
