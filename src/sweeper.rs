@@ -10,7 +10,8 @@
 //!   falls inside the horizon; a pass that moves the horizon scans the newly covered span of
 //!   the table (in chunks of short read transactions) and schedules what it finds. After a
 //!   reopen the first pass scans from the start of the table, so records that fell due while
-//!   the store was closed are reclaimed first.
+//!   the store was closed are reclaimed first. So does the first pass after the writer recovered
+//!   from a failed commit, whose batch may have reached the disk unscheduled.
 //! - Cancellation is lazy: a fired entry is dropped unless the directory still points at that
 //!   very record (same token) and it has expired; a key re-claimed or completed since
 //!   has a new record, scheduled on its own.
@@ -101,6 +102,13 @@ impl Sweep {
                 st.wheel.schedule(self.tick_of(due.expires_at), due);
             }
         }
+    }
+
+    /// Makes the next pass scan the whole table again, as after a reopen: after a failed commit
+    /// the writer reloaded the directory from disk, where the failed batch may have landed with
+    /// records nobody scheduled (the wheel keeps its entries; a second firing finds nothing).
+    pub(crate) fn rescan(&self) {
+        self.state.lock().horizon_end = 0;
     }
 
     /// Entries held by the wheel (scheduled, due or not).

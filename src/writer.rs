@@ -496,6 +496,9 @@ impl Writer {
                     self.seq_reserved = opened.seq_reserved;
                     self.high_water_persisted = opened.high_water;
                     shared.install_database(opened.db);
+                    if let Some(sweep) = &shared.sweep {
+                        sweep.rescan();
+                    }
                     eprintln!("idemstore: reopened the store after a failed commit");
                     return;
                 }

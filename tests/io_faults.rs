@@ -696,6 +696,46 @@ fn get_during_recovery_or_poison_is_not_reported_as_corruption() {
     assert!(matches!(after, Err(Error::Poisoned { .. })), "{after:?}");
 }
 
+/// A batch whose commit failed may still have reached the disk; the store then reloads its
+/// directory from the file. Its records must still be reclaimed once they expire, although no
+/// sweep schedule saw them (found by the `ops` fuzz target, input
+/// `fuzz/corpus/ops/regression-sweep-after-failed-commit`).
+#[test]
+fn records_of_a_failed_commit_that_landed_are_swept() {
+    let clock = ManualClock::new(T0);
+    let disk = SimDisk::new();
+    let store = Disk::open(&disk, &clock).unwrap();
+    let short = Key::new("t", "short");
+    let Ok(ClaimOutcome::Acquired(_)) =
+        store.claim_with_ttl(&short, None, Duration::from_millis(15_573))
+    else {
+        panic!("claim")
+    };
+    // A pass now: the sweeper's horizon covers the next hour from here on.
+    assert_eq!(store.run_pending_expiry().unwrap(), 0);
+    // The first write after the claim's frame fails: the commit is reported failed, and the
+    // store reopens the file, where the record is.
+    disk.fail_nth(Op::Write, 1);
+    let landed = Key::new("t", "landed");
+    let failed = store.claim_with_ttl(&landed, None, Duration::from_secs(10));
+    assert!(
+        matches!(failed, Err(Error::OutcomeUnknown { .. })),
+        "{failed:?}"
+    );
+    disk.heal();
+    let info = store.get(&landed).unwrap();
+    assert!(
+        info.is_some(),
+        "the failed commit reached the disk: {info:?}"
+    );
+    assert_eq!(store.records_on_disk().unwrap(), 2);
+    // Both due, and a sweeper tick later.
+    clock.advance(Duration::from_millis(15_573) + SWEEP_TICK);
+    assert_eq!(store.run_pending_expiry().unwrap(), 2);
+    assert_eq!(store.records_on_disk().unwrap(), 0);
+    assert_eq!(store.stats().live_keys, 0);
+}
+
 /// A store whose very first open failed on an I/O error (the file was being created) must open
 /// once the fault is gone, as after any other failed open.
 ///
