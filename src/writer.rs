@@ -599,12 +599,13 @@ impl Desk {
     /// batch, after the claims that were waiting.
     pub(crate) fn run(&self, sweeps: Receiver<Op>) {
         let rx = &self.rx;
-        let mut batch = Vec::with_capacity(self.writer.lock().shared.config.max_batch);
+        let mut batch = Vec::new();
         loop {
-            let deadline = self
-                .writer
-                .lock()
-                .sync_deadline()
+            // Only bounded mode has a deadline; callers never commit there, so the lock is free
+            // (in immediate mode, taking it here would turn a lone caller away).
+            let deadline = (!self.callers_commit)
+                .then(|| self.writer.lock().sync_deadline())
+                .flatten()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let first = crossbeam_channel::select_biased! {
                 recv(rx) -> op => match op {
