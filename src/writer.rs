@@ -154,6 +154,8 @@ pub(crate) struct Writer {
     log: Option<Log>,
     /// A caller's batch, kept for its allocation.
     batch: Vec<Op>,
+    /// The last batch's commit failed: the writer thread must recover before the next commit.
+    recovery_due: bool,
 }
 
 impl Writer {
@@ -168,6 +170,7 @@ impl Writer {
             marked: Vec::new(),
             log: opened.log.take(),
             batch: Vec::new(),
+            recovery_due: false,
         }
     }
 
@@ -200,6 +203,8 @@ impl Writer {
         if std::panic::catch_unwind(run).is_err() {
             batch.clear();
             self.shared.poison("a group commit panicked".into());
+            // Claims waiting for this batch's keys look again, and find the store poisoned.
+            self.settle();
         }
     }
 
@@ -233,7 +238,8 @@ impl Writer {
         let Some(db) = self.shared.database() else {
             return;
         };
-        let result = db.begin_write().map_err(Error::from).and_then(|txn| {
+        let result = storage::guard(|| {
+            let txn = db.begin_write()?;
             let mut meta = vec![(storage::M_HIGH_WATER, now.max(self.high_water_persisted))];
             if self.log.is_some() {
                 meta.push((storage::M_LOG_APPLIED, storage::LOG_ALL_APPLIED));
@@ -310,8 +316,17 @@ impl Writer {
                     });
                 }
                 self.settle();
-                self.recover();
+                // The writer thread recovers (`Desk`): a caller that committed this batch in its
+                // own thread gets its answer first.
+                self.recovery_due = true;
             }
+        }
+    }
+
+    /// Recovers from the last batch's failed commit, if it failed.
+    fn recover_if_due(&mut self) {
+        if std::mem::take(&mut self.recovery_due) {
+            self.recover();
         }
     }
 
@@ -456,10 +471,10 @@ impl Writer {
         let Some(db) = self.shared.database() else {
             return;
         };
-        let result = db
-            .begin_write()
-            .map_err(Error::from)
-            .and_then(|txn| storage::commit(txn, &self.shared.config, true));
+        let result = storage::guard(|| {
+            let txn = db.begin_write()?;
+            storage::commit(txn, &self.shared.config, true)
+        });
         // The old database must be gone before `recover` can open the file again.
         drop(db);
         match result {
@@ -529,7 +544,9 @@ impl Writer {
 /// two thread hand-offs (the wake-up of the writer and its own), which cost 30-40 us of a
 /// ~200 us durable claim on this machine kind. Under load the queue is rarely empty, so
 /// batches still form at the writer thread as before; and since every commit holds the lock,
-/// batches still commit one at a time in the order they took it.
+/// batches still commit one at a time in the order they took it. When a caller's commit fails,
+/// the caller gets its `OutcomeUnknown` at once and the writer thread recovers (reopens the file,
+/// reloads the directory), as after its own batches; callers queue meanwhile.
 pub(crate) struct Desk {
     writer: parking_lot::Mutex<Writer>,
     rx: Receiver<Op>,
@@ -541,17 +558,23 @@ pub(crate) struct Desk {
     callers_commit: bool,
     /// Callers between sending an operation and taking its answer.
     waiting: AtomicUsize,
+    /// Wakes the writer thread to recover from a failed commit a caller ran.
+    recover_tx: crossbeam_channel::Sender<()>,
+    recover_rx: Receiver<()>,
 }
 
 impl Desk {
     pub(crate) fn new(writer: Writer, rx: Receiver<Op>) -> Desk {
         let callers_commit = writer.max_delay().is_none();
+        let (recover_tx, recover_rx) = crossbeam_channel::bounded(1);
         Desk {
             writer: parking_lot::Mutex::new(writer),
             rx,
             thread_waiting: AtomicBool::new(false),
             callers_commit,
             waiting: AtomicUsize::new(0),
+            recover_tx,
+            recover_rx,
         }
     }
 
@@ -569,6 +592,10 @@ impl Desk {
         let Some(mut writer) = self.writer.try_lock() else {
             return Some(op);
         };
+        if writer.recovery_due {
+            // A caller's commit failed just now; the writer thread is about to recover.
+            return Some(op);
+        }
         let mut batch = std::mem::take(&mut writer.batch);
         batch.push(op);
         writer.gather(&mut batch, &self.rx);
@@ -579,6 +606,11 @@ impl Desk {
             Counters::bump(&counters.caller_commits);
         }
         writer.batch = batch;
+        if writer.recovery_due {
+            // Recovery (reopening the file, reloading the directory) is not this caller's to
+            // wait for; a wake-up already queued will do.
+            let _ = self.recover_tx.try_send(());
+        }
         None
     }
 
@@ -608,6 +640,10 @@ impl Desk {
                 .flatten()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let first = crossbeam_channel::select_biased! {
+                recv(self.recover_rx) -> _ => {
+                    self.writer.lock().recover_if_due();
+                    continue;
+                },
                 recv(rx) -> op => match op {
                     Ok(op) => op,
                     Err(_) => break,
@@ -628,6 +664,7 @@ impl Desk {
             self.thread_waiting.store(true, Ordering::Release);
             let mut writer = self.writer.lock();
             self.thread_waiting.store(false, Ordering::Release);
+            writer.recover_if_due();
             let first_is_sweep = matches!(first, Op::Sweep { .. });
             batch.push(first);
             writer.gather(&mut batch, rx);
@@ -638,11 +675,13 @@ impl Desk {
                 batch.push(op);
             }
             writer.process_guarded(&mut batch);
+            writer.recover_if_due();
             if writer.sync_deadline().is_some_and(|d| Instant::now() >= d) {
                 writer.sync();
             }
         }
         let mut writer = self.writer.lock();
+        writer.recover_if_due();
         if writer.unsynced_since.is_some() {
             writer.sync();
         }

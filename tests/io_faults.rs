@@ -723,6 +723,8 @@ fn records_of_a_failed_commit_that_landed_are_swept() {
         "{failed:?}"
     );
     disk.heal();
+    // Queues behind the writer's recovery.
+    store.flush().unwrap();
     let info = store.get(&landed).unwrap();
     assert!(
         info.is_some(),

@@ -66,7 +66,7 @@ fn callers_during_recovery_see_the_keys_that_are_live() {
         .map(|t| {
             let store = filler.clone();
             std::thread::spawn(move || {
-                for i in 0..1500 {
+                for i in 0..2500 {
                     let key = Key::new("fill", format!("{t}-{i}"));
                     assert!(matches!(
                         store.claim(&key, None),
@@ -92,14 +92,16 @@ fn callers_during_recovery_see_the_keys_that_are_live() {
         matches!(failed, Err(Error::OutcomeUnknown { .. })),
         "{failed:?}"
     );
-    // The writer closes the file first: wait for that (it may be over already).
+    // The writer thread recovers after answering (also when the failed commit ran in this
+    // thread): it closes the file first; wait for that.
     let started = Instant::now();
     while store.records_on_disk().is_ok() && started.elapsed() < Duration::from_secs(1) {}
-    let (mut absent, mut completed) = (0, None);
+    let (mut absent, mut completed, mut reads) = (0, None, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     // Until the file is open again.
     while store.records_on_disk().is_err() {
         assert!(Instant::now() < deadline, "the store did not recover");
+        reads += 1;
         match store.get(&owned) {
             Ok(Some(_)) => {}
             Ok(None) => {
@@ -119,4 +121,7 @@ fn callers_during_recovery_see_the_keys_that_are_live() {
         absent, 0,
         "get answered None for a live key during recovery"
     );
+    // Reloading 10,000 records takes tens of milliseconds: the failed call must have returned
+    // before the store was open again (a recovery run in the caller's thread would not).
+    assert!(reads > 0, "no read happened during the recovery");
 }
