@@ -227,11 +227,14 @@ impl Store {
     fn call<T>(&self, make: impl FnOnce(writer::Reply<T>) -> Op) -> Result<T> {
         let tx = self.tx.as_ref().ok_or(Error::Closed)?;
         let (reply, answer) = crate::oneshot::oneshot();
-        if let Some(op) = self.desk.commit_here(make(reply)) {
-            let _in_line = self.desk.wait_in_line();
-            tx.send(op).map_err(|_| Error::Closed)?;
-            return answer.wait();
-        }
+        let _in_line = match self.desk.commit_here(make(reply)) {
+            Some(op) => {
+                let in_line = self.desk.wait_in_line();
+                tx.send(op).map_err(|_| Error::Closed)?;
+                Some(in_line)
+            }
+            None => None,
+        };
         answer.wait()
     }
 

@@ -198,14 +198,16 @@ impl Writer {
 
     /// [`Writer::process`], with a panic (a bug: redb's own panics are caught inside) failing
     /// the batch's callers with `Closed` and poisoning the store, in whichever thread it ran.
-    fn process_guarded(&mut self, batch: &mut Vec<Op>) {
+    /// Answers whether the batch committed.
+    fn process_guarded(&mut self, batch: &mut Vec<Op>) -> bool {
         let run = std::panic::AssertUnwindSafe(|| self.process(batch));
-        if std::panic::catch_unwind(run).is_err() {
+        std::panic::catch_unwind(run).unwrap_or_else(|_| {
             batch.clear();
             self.shared.poison("a group commit panicked".into());
             // Claims waiting for this batch's keys look again, and find the store poisoned.
             self.settle();
-        }
+            false
+        })
     }
 
     /// On shutdown, persists the highest time used (a `get` may have answered "expired" at a
@@ -256,14 +258,15 @@ impl Writer {
         }
     }
 
-    fn process(&mut self, batch: &mut Vec<Op>) {
+    /// Decides, commits and answers a batch; answers whether it committed.
+    fn process(&mut self, batch: &mut Vec<Op>) -> bool {
         if let Some(reason) = self.shared.poison_reason() {
             for op in batch.drain(..) {
                 op.into_failed().fail(|| Error::Poisoned {
                     reason: reason.clone(),
                 });
             }
-            return;
+            return false;
         }
         let durable =
             self.max_delay().is_none() || batch.iter().any(|op| matches!(op, Op::Flush { .. }));
@@ -299,6 +302,7 @@ impl Writer {
                     d.store(&mut answers);
                 }
                 answers.start();
+                true
             }
             Err(e) => {
                 eprintln!(
@@ -319,6 +323,7 @@ impl Writer {
                 // The writer thread recovers (`Desk`): a caller that committed this batch in its
                 // own thread gets its answer first.
                 self.recovery_due = true;
+                false
             }
         }
     }
@@ -599,11 +604,8 @@ impl Desk {
         let mut batch = std::mem::take(&mut writer.batch);
         batch.push(op);
         writer.gather(&mut batch, &self.rx);
-        let counters = &Arc::clone(&writer.shared).counters;
-        let committed = counters.batches_committed.load(Ordering::Relaxed);
-        writer.process_guarded(&mut batch);
-        if counters.batches_committed.load(Ordering::Relaxed) != committed {
-            Counters::bump(&counters.caller_commits);
+        if writer.process_guarded(&mut batch) {
+            Counters::bump(&writer.shared.counters.caller_commits);
         }
         writer.batch = batch;
         if writer.recovery_due {
