@@ -9,9 +9,10 @@
 //! fdatasync) while redb keeps them in memory; when the log is full the batch is committed
 //! durably to redb instead, which checkpoints the log.
 //!
-//! Only one batch commits at a time: the writer's state sits behind a lock ([`Desk`]). With
-//! `Durability::Immediate`, a caller that finds the queue empty and the writer idle takes the
-//! lock and commits its own operation in its own thread, exactly as the writer thread would.
+//! Only one batch commits at a time: the writer's state sits behind a lock ([`Desk`]). A
+//! caller that finds the queue empty and the writer idle takes the lock and commits its own
+//! operation in its own thread, exactly as the writer thread would (in bounded mode the writer
+//! thread still times the syncs).
 //!
 //! A failed commit is indeterminate: every operation of the batch gets `OutcomeUnknown`, the
 //! database is dropped and reopened (redb refuses writes after a failed commit), and the
@@ -33,7 +34,7 @@ use crate::{clock, codec};
 use crossbeam_channel::Receiver;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::oneshot::Batch;
@@ -543,43 +544,75 @@ impl Writer {
 
 /// The writer's state and the queue to it, shared by the writer thread and the callers.
 ///
-/// The writer thread takes the lock for each batch it gathers from the queue. With
-/// `Durability::Immediate`, a caller that finds the queue empty and the lock free commits its
-/// own operation in its own thread instead ([`Desk::commit_here`]): a lone caller then skips
-/// two thread hand-offs (the wake-up of the writer and its own), which cost 30-40 us of a
-/// ~200 us durable claim on this machine kind. Under load the queue is rarely empty, so
-/// batches still form at the writer thread as before; and since every commit holds the lock,
-/// batches still commit one at a time in the order they took it. When a caller's commit fails,
-/// the caller gets its `OutcomeUnknown` at once and the writer thread recovers (reopens the file,
-/// reloads the directory), as after its own batches; callers queue meanwhile.
+/// The writer thread takes the lock for each batch it gathers from the queue. A caller that
+/// finds the queue empty and the lock free commits its own operation in its own thread instead
+/// ([`Desk::commit_here`]): a lone caller then skips two thread hand-offs (the wake-up of the
+/// writer and its own), which cost 30-40 us of a ~200 us durable claim on this machine kind,
+/// and most of a bounded-mode claim. Under load the queue is rarely empty, so batches still
+/// form at the writer thread as before; and since every commit holds the lock, batches still
+/// commit one at a time in the order they took it. When a caller's commit fails, the caller
+/// gets its `OutcomeUnknown` at once and the writer thread recovers (reopens the file, reloads
+/// the directory), as after its own batches; callers queue meanwhile. In bounded mode the
+/// writer thread keeps the sync timer: it reads the deadline from [`Desk::sync_due`] without
+/// the lock, and a caller whose batch starts an unsynced span (or finds the deadline passed)
+/// wakes it.
 pub(crate) struct Desk {
     writer: parking_lot::Mutex<Writer>,
     rx: Receiver<Op>,
     /// The writer thread holds operations and waits for the lock: callers queue behind it
     /// rather than barge in ahead.
     thread_waiting: AtomicBool,
-    /// Callers may commit their own operations (`Durability::Immediate` only: in bounded mode
-    /// the writer thread's timer must see every unsynced batch).
-    callers_commit: bool,
     /// Callers between sending an operation and taking its answer.
     waiting: AtomicUsize,
+    /// With `Durability::Bounded`: when the writer must sync, in nanoseconds since `started`
+    /// (`NO_SYNC_DUE` when nothing acknowledged is unsynced). Whoever holds the lock updates it
+    /// after changing the writer's state.
+    sync_due: AtomicU64,
+    started: Instant,
     /// Wakes the writer thread to recover from a failed commit a caller ran.
     recover_tx: crossbeam_channel::Sender<()>,
     recover_rx: Receiver<()>,
+    /// Wakes the writer thread to read a new sync deadline (it takes no lock for that, so a
+    /// lone caller is not turned away).
+    timer_tx: crossbeam_channel::Sender<()>,
+    timer_rx: Receiver<()>,
 }
+
+const NO_SYNC_DUE: u64 = u64::MAX;
 
 impl Desk {
     pub(crate) fn new(writer: Writer, rx: Receiver<Op>) -> Desk {
-        let callers_commit = writer.max_delay().is_none();
         let (recover_tx, recover_rx) = crossbeam_channel::bounded(1);
+        let (timer_tx, timer_rx) = crossbeam_channel::bounded(1);
         Desk {
             writer: parking_lot::Mutex::new(writer),
             rx,
             thread_waiting: AtomicBool::new(false),
-            callers_commit,
             waiting: AtomicUsize::new(0),
+            sync_due: AtomicU64::new(NO_SYNC_DUE),
+            started: Instant::now(),
             recover_tx,
             recover_rx,
+            timer_tx,
+            timer_rx,
+        }
+    }
+
+    /// Publishes `writer`'s sync deadline for the writer thread's timer; answers whether it
+    /// was unset before and is set now.
+    fn publish_sync_due(&self, writer: &Writer) -> bool {
+        let due = writer.sync_deadline().map_or(NO_SYNC_DUE, |d| {
+            (d.saturating_duration_since(self.started).as_nanos() as u64).min(NO_SYNC_DUE - 1)
+        });
+        let before = self.sync_due.swap(due, Ordering::AcqRel);
+        before == NO_SYNC_DUE && due != NO_SYNC_DUE
+    }
+
+    /// The sync deadline last published, if any.
+    fn sync_due(&self) -> Option<Instant> {
+        match self.sync_due.load(Ordering::Acquire) {
+            NO_SYNC_DUE => None,
+            ns => Some(self.started + Duration::from_nanos(ns)),
         }
     }
 
@@ -587,8 +620,7 @@ impl Desk {
     /// idle; otherwise hands `op` back, to be queued. The answer goes to `op`'s reply slot
     /// either way.
     pub(crate) fn commit_here(&self, op: Op) -> Option<Op> {
-        if !self.callers_commit
-            || self.waiting.load(Ordering::Relaxed) != 0
+        if self.waiting.load(Ordering::Relaxed) != 0
             || self.thread_waiting.load(Ordering::Acquire)
             || !self.rx.is_empty()
         {
@@ -613,6 +645,12 @@ impl Desk {
             // wait for; a wake-up already queued will do.
             let _ = self.recover_tx.try_send(());
         }
+        // Bounded mode: this batch may have started an unsynced span, whose deadline the
+        // writer thread must learn (a sync already overdue runs there too, at once).
+        let started_unsynced = self.publish_sync_due(&writer);
+        if started_unsynced || writer.sync_deadline().is_some_and(|d| Instant::now() >= d) {
+            let _ = self.timer_tx.try_send(());
+        }
         None
     }
 
@@ -635,17 +673,18 @@ impl Desk {
         let rx = &self.rx;
         let mut batch = Vec::new();
         loop {
-            // Only bounded mode has a deadline; callers never commit there, so the lock is free
-            // (in immediate mode, taking it here would turn a lone caller away).
-            let deadline = (!self.callers_commit)
-                .then(|| self.writer.lock().sync_deadline())
-                .flatten()
+            // Read without the lock: taking it here would turn a lone caller away.
+            let deadline = self
+                .sync_due()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let first = crossbeam_channel::select_biased! {
                 recv(self.recover_rx) -> _ => {
-                    self.writer.lock().recover_if_due();
+                    let mut writer = self.writer.lock();
+                    writer.recover_if_due();
+                    self.publish_sync_due(&writer);
                     continue;
                 },
+                recv(self.timer_rx) -> _ => continue,
                 recv(rx) -> op => match op {
                     Ok(op) => op,
                     Err(_) => break,
@@ -657,9 +696,10 @@ impl Desk {
                 },
                 default(deadline.saturating_duration_since(Instant::now())) => {
                     let mut writer = self.writer.lock();
-                    if writer.sync_deadline().is_some() {
+                    if writer.sync_deadline().is_some_and(|d| Instant::now() >= d) {
                         writer.sync();
                     }
+                    self.publish_sync_due(&writer);
                     continue;
                 }
             };
@@ -681,6 +721,7 @@ impl Desk {
             if writer.sync_deadline().is_some_and(|d| Instant::now() >= d) {
                 writer.sync();
             }
+            self.publish_sync_due(&writer);
         }
         let mut writer = self.writer.lock();
         writer.recover_if_due();
