@@ -1,7 +1,7 @@
 //! Many threads claiming overlapping keys: exactly one execution per key, every other answer a
 //! conflict or a replay of the winner's result, and counters that agree with what was seen.
 
-use idemstore::{ClaimOutcome, Fingerprint, Key, ManualClock, Response, Store};
+use idemstore::{ClaimOutcome, Durability, Fingerprint, Key, ManualClock, Response, Store};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, Mutex};
 
@@ -107,18 +107,19 @@ fn claim_once(store: &Store, seen: &Seen, thread: usize, k: usize) {
     }
 }
 
-/// Runs `THREADS` threads; thread `t` claims the keys in `orders[t]`.
-fn run(keys: usize, orders: Vec<Vec<usize>>) {
+/// Runs one thread per order; thread `t` claims the keys in `orders[t]`.
+fn run(keys: usize, orders: Vec<Vec<usize>>, durability: Durability) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(
         Store::builder()
+            .durability(durability)
             // Time stands still: no lease ends, no takeover, no expiry.
             .clock(ManualClock::new(1_741_953_600_000))
             .open(dir.path().join("idem.redb"))
             .expect("open"),
     );
     let seen = Arc::new(Seen::new(keys));
-    let start = Arc::new(Barrier::new(THREADS));
+    let start = Arc::new(Barrier::new(orders.len()));
     let handles: Vec<_> = orders
         .into_iter()
         .enumerate()
@@ -190,7 +191,7 @@ fn threads_walking_a_thousand_shared_keys() {
     let orders = (0..THREADS)
         .map(|t| SplitMix(0x1de5_7012 + t as u64).shuffled(KEYS))
         .collect();
-    run(KEYS, orders);
+    run(KEYS, orders, Durability::Immediate);
 }
 
 #[test]
@@ -203,7 +204,21 @@ fn threads_hammering_eight_hot_keys() {
             (0..PASSES).flat_map(|_| rng.shuffled(KEYS)).collect()
         })
         .collect();
-    run(KEYS, orders);
+    run(KEYS, orders, Durability::Immediate);
+}
+
+/// Two callers in bounded mode, where batches are committed now by a caller, now by the
+/// writer thread: the same answers either way.
+#[test]
+fn two_bounded_callers_walking_shared_keys() {
+    const KEYS: usize = 500;
+    let orders = (0..2)
+        .map(|t| SplitMix(0xb0_0dec + t as u64).shuffled(KEYS))
+        .collect();
+    let bounded = Durability::Bounded {
+        max_delay: std::time::Duration::from_millis(2),
+    };
+    run(KEYS, orders, bounded);
 }
 
 /// A caller that finds the writer idle commits its own operation, with the same answers, in
