@@ -696,6 +696,9 @@ impl Desk {
                 },
                 default(deadline.saturating_duration_since(Instant::now())) => {
                     let mut writer = self.writer.lock();
+                    // A caller's commit may have failed while this thread waited for the lock:
+                    // recover first (which leaves nothing to sync), never sync a failed database.
+                    writer.recover_if_due();
                     if writer.sync_deadline().is_some_and(|d| Instant::now() >= d) {
                         writer.sync();
                     }

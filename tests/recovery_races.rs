@@ -125,3 +125,66 @@ fn callers_during_recovery_see_the_keys_that_are_live() {
     // before the store was open again (a recovery run in the caller's thread would not).
     assert!(reads > 0, "no read happened during the recovery");
 }
+
+/// With `Durability::Bounded`, a caller's commit can fail while the writer thread's sync timer
+/// has fired and waits for the lock. The thread must recover before anything else: it synced
+/// the database whose commit had just failed, which failed again (one fault counted as two
+/// failed commits, a misleading "sync failed" report) and reopened the file twice (found by an
+/// independent review of 2819f49: 23 of 60 rounds doubled).
+#[test]
+fn one_failed_caller_commit_is_one_failure_even_when_a_sync_is_due() {
+    let disk = SimDisk::new();
+    let store = Store::builder()
+        .durability(Durability::Bounded {
+            max_delay: Duration::from_millis(1),
+        })
+        // A small cache: non-durable commits write to the disk, so a write fault fails them.
+        .cache_size(64 << 10)
+        .open_sim(&disk)
+        .expect("the store opens");
+    let mut seed = 0x5eed_0b0du64;
+    let mut i = 0u64;
+    let mut next_key = || {
+        i += 1;
+        Key::new("b", format!("{i}"))
+    };
+    let mut failed_rounds = 0;
+    for round in 0..40 {
+        let before = store.stats().failed_commits;
+        // xorshift: the fault lands on a different write each round.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let n = 1 + seed % 40;
+        disk.fail_nth(DiskOp::Write, n);
+        let at = disk.counts().writes + n;
+        // Claims back to back, each committed by this (lone) caller, until one fails. redb
+        // absorbs a fault in a best-effort write (evicting a cached page it keeps buffered on
+        // failure); such a round fails nothing.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.claim(&next_key(), None).is_ok()
+            && store.stats().failed_commits == before
+            && disk.counts().writes < at
+        {
+            assert!(Instant::now() < deadline, "round {round}: no write in 10 s");
+        }
+        // Recovered once a claim succeeds; every failure it took is counted by then.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.claim(&next_key(), None).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the store never recovered"
+            );
+        }
+        let failures = store.stats().failed_commits - before;
+        assert!(
+            failures <= 1,
+            "round {round}: one injected fault, {failures} failed commits"
+        );
+        failed_rounds += failures;
+    }
+    assert!(
+        failed_rounds >= 10,
+        "only {failed_rounds} of 40 faults failed a commit"
+    );
+}
