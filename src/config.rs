@@ -18,10 +18,10 @@ pub enum Durability {
     ///
     /// A process crash or power loss can lose every operation acknowledged in the last
     /// `max_delay` before it; nothing acknowledged earlier. The sync runs on the store's
-    /// writer thread: a machine too busy to schedule it delays it by as much.
-    /// [`Store::flush`](crate::Store::flush) makes everything acknowledged before it durable. A lost claim means a retry may run
-    /// the action a second time; a lost completion means a retry runs the action again instead
-    /// of replaying. Use only where that is acceptable.
+    /// writer thread: a machine too busy to schedule it delays it by as much;
+    /// [`Store::flush`](crate::Store::flush) makes everything acknowledged before it durable.
+    /// A lost claim means a retry may run the action a second time; a lost completion means a
+    /// retry runs the action again instead of replaying. Use only where that is acceptable.
     Bounded {
         /// Upper bound between an acknowledgement and its sync.
         max_delay: Duration,

@@ -186,6 +186,11 @@ impl Writer {
         Some(self.unsynced_since? + self.max_delay()?)
     }
 
+    /// Something acknowledged is unsynced and its deadline has come.
+    fn sync_overdue(&self) -> bool {
+        self.sync_deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
     /// Gathers the operations queued behind `batch`'s first, up to `max_batch`.
     fn gather(&self, batch: &mut Vec<Op>, rx: &Receiver<Op>) {
         let max_batch = self.shared.config.max_batch;
@@ -648,7 +653,7 @@ impl Desk {
         // Bounded mode: this batch may have started an unsynced span, whose deadline the
         // writer thread must learn (a sync already overdue runs there too, at once).
         let started_unsynced = self.publish_sync_due(&writer);
-        if started_unsynced || writer.sync_deadline().is_some_and(|d| Instant::now() >= d) {
+        if started_unsynced || writer.sync_overdue() {
             let _ = self.timer_tx.try_send(());
         }
         None
@@ -699,7 +704,7 @@ impl Desk {
                     // A caller's commit may have failed while this thread waited for the lock:
                     // recover first (which leaves nothing to sync), never sync a failed database.
                     writer.recover_if_due();
-                    if writer.sync_deadline().is_some_and(|d| Instant::now() >= d) {
+                    if writer.sync_overdue() {
                         writer.sync();
                     }
                     self.publish_sync_due(&writer);
@@ -721,7 +726,7 @@ impl Desk {
             }
             writer.process_guarded(&mut batch);
             writer.recover_if_due();
-            if writer.sync_deadline().is_some_and(|d| Instant::now() >= d) {
+            if writer.sync_overdue() {
                 writer.sync();
             }
             self.publish_sync_due(&writer);
