@@ -17,33 +17,13 @@
 //! either way). Knobs: `IDEMSTORE_BOUNDED_CRASHES` (runs, default 20: about 10 s in a debug
 //! build, 0.3 s in release) and `IDEMSTORE_SEED`.
 
+#[path = "support/ack_model.rs"]
+mod ack_model;
+
+use ack_model::{Rng, base_seed, env_u64};
 use idemstore::sim_disk::SimDisk;
 use idemstore::{ClaimOutcome, Durability, Key, ManualClock, Response, Store};
 use std::time::Duration;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// What the caller was told about a key.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -71,7 +51,7 @@ fn open(disk: &SimDisk, max_delay: Duration, clock: &ManualClock) -> Store {
 }
 
 fn run(seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let max_delay = if seed.is_multiple_of(2) {
         Duration::from_secs(60)
     } else {
@@ -99,7 +79,7 @@ fn run(seed: u64) {
             flushed = acked.clone();
         }
     }
-    let crashed = disk.crash(rng.next());
+    let crashed = disk.crash(rng.next_u64());
     drop(store);
 
     let store = open(&crashed, max_delay, &clock);
@@ -124,8 +104,8 @@ fn run(seed: u64) {
 
 #[test]
 fn flushed_acknowledgements_survive_a_power_loss() {
-    let base = env_u64("IDEMSTORE_SEED", 0xb0_c4a5);
-    let runs = env_u64("IDEMSTORE_BOUNDED_CRASHES", 20);
+    let base = base_seed(0xb0_c4a5);
+    let runs = env_u64("IDEMSTORE_BOUNDED_CRASHES").unwrap_or(20);
     for r in 0..runs {
         run(base + r);
     }

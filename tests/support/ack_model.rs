@@ -1,5 +1,5 @@
 //! Reference model of what a store may hold, for the power-loss and I/O-fault campaigns
-//! (`tests/power_loss.rs`, `tests/io_faults.rs`).
+//! (`tests/power_loss.rs`, `tests/io_faults.rs`; `tests/bounded_crash.rs` uses its helpers).
 //!
 //! For each key the model keeps the set of records the store may hold, given everything it
 //! answered so far:
@@ -15,7 +15,7 @@
 //! was last opened. Acknowledged work therefore stays in the model exactly until an
 //! acknowledged operation (or the clock) legitimately removes it, and a store that lost it
 //! after a crash answers `get` with something no possible record explains.
-// Shared by two test binaries, neither of which uses every item.
+// Shared by three test binaries, none of which uses every item.
 #![allow(dead_code)]
 
 use idemstore::{ClaimOutcome, Error, Fingerprint, Key, Lease, RecordInfo, Response, Store};
