@@ -94,13 +94,15 @@ fn layout_code(layout: Layout) -> u64 {
     }
 }
 
-fn open_db(target: &Target, creating_at: Option<&Path>, config: &Config) -> Result<Database> {
+fn open_db(target: &Target, creating: Option<std::fs::File>, config: &Config) -> Result<Database> {
     let mut builder = Database::builder();
     if let Some(bytes) = config.cache_size {
         builder.set_cache_size(bytes);
     }
-    let db = match (target, creating_at) {
-        (_, Some(tmp)) => builder.create(tmp),
+    let db = match (target, creating) {
+        // The creation's own handle, which holds its lock (see `Creation`).
+        (_, Some(file)) => redb::backends::FileBackend::new(file)
+            .and_then(|backend| builder.create_with_backend(backend)),
         (Target::Path(p), None) => builder.create(p),
         (Target::Backend { db, .. }, None) => builder.create_with_backend(DynBackend(db())),
     };
@@ -118,11 +120,24 @@ fn open_db(target: &Target, creating_at: Option<&Path>, config: &Config) -> Resu
 /// later open ("not a redb database"). So a new file is created under a temporary name and
 /// renamed into place after its first durable commit; a new backend is emptied again if its
 /// creation fails.
+///
+/// Two opens of the same new path may race. The temporary file is the creation's lock: an
+/// exclusive lock on it (held until the creation is installed or abandoned, and by the
+/// database's own handle for as long as it is open) admits one creator at a time, and a creator
+/// checks, holding it, that no other creation has been installed meanwhile. Without it two
+/// opens could each build a store, one renamed over the other's, sharing one commit log: both
+/// would acknowledge, and one's acknowledgements would be lost.
 enum Creation {
     /// The file exists: a plain open.
     Existing,
-    /// A new file at `path`, built at `tmp` first.
-    NewFile { tmp: PathBuf, path: PathBuf },
+    /// A new file at `path`, built at `tmp` first. `file` goes to redb; `lock` is another handle
+    /// on it, which keeps the lock until this value is dropped.
+    NewFile {
+        tmp: PathBuf,
+        path: PathBuf,
+        file: std::cell::Cell<Option<std::fs::File>>,
+        _lock: std::fs::File,
+    },
     /// An empty custom backend.
     NewBackend,
 }
@@ -130,17 +145,7 @@ enum Creation {
 impl Creation {
     fn of(target: &Target) -> Result<Creation> {
         Ok(match target {
-            Target::Path(p) if !p.exists() => {
-                let mut name = p.file_name().unwrap_or_default().to_os_string();
-                name.push(".creating");
-                let tmp = p.with_file_name(name);
-                // A leftover of a creation that crashed.
-                let _ = std::fs::remove_file(&tmp);
-                Creation::NewFile {
-                    tmp,
-                    path: p.clone(),
-                }
-            }
+            Target::Path(p) if !p.exists() => Creation::new_file(p)?,
             Target::Path(_) => Creation::Existing,
             Target::Backend { db, .. } => {
                 let empty = db().len().map_err(Error::Io)? == 0;
@@ -153,16 +158,57 @@ impl Creation {
         })
     }
 
-    fn tmp(&self) -> Option<&Path> {
+    /// Takes the creation lock on `path`'s temporary file: `AlreadyOpen` while another open is
+    /// creating it, a plain open if another creation was installed meanwhile.
+    fn new_file(path: &Path) -> Result<Creation> {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".creating");
+        let tmp = path.with_file_name(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&tmp)
+            .map_err(Error::Io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::AlreadyOpen),
+            // No locks on this file system: redb's own lock is the only guard left.
+            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::Io(e)),
+        }
+        if path.exists() {
+            // Installed by another open since `Creation::of` looked. Our handle may be on a
+            // temporary file of our own making: remove it if the name still leads to it.
+            if same_file(&file, &tmp) {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            return Ok(Creation::Existing);
+        }
+        // What a creation that died left, if anything.
+        file.set_len(0).map_err(Error::Io)?;
+        let lock = file.try_clone().map_err(Error::Io)?;
+        Ok(Creation::NewFile {
+            tmp,
+            path: path.to_path_buf(),
+            file: std::cell::Cell::new(Some(file)),
+            _lock: lock,
+        })
+    }
+
+    /// The new file's handle, for redb (once).
+    fn take_file(&self) -> Option<std::fs::File> {
         match self {
-            Creation::NewFile { tmp, .. } => Some(tmp),
+            Creation::NewFile { file, .. } => file.take(),
             _ => None,
         }
     }
 
     /// After the first durable commit: moves a new file into place.
     fn finish(&self) -> Result<()> {
-        if let Creation::NewFile { tmp, path } = self {
+        if let Creation::NewFile { tmp, path, .. } = self {
             std::fs::rename(tmp, path).map_err(Error::Io)?;
             sync_parent(path)?;
         }
@@ -181,6 +227,21 @@ impl Creation {
             _ => {}
         }
     }
+}
+
+/// Whether `file` is the file `path` names now.
+#[cfg(unix)]
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_file: &std::fs::File, _path: &Path) -> bool {
+    false
 }
 
 /// Runs `f`, turning a panic (redb panics on some damaged files instead of returning an error)
@@ -210,10 +271,10 @@ pub(crate) fn open(
     bump_epoch: bool,
 ) -> Result<Opened> {
     let creation = Creation::of(target)?;
-    let opened = guard(|| open_and_load(index, target, &creation, config, seeds, bump_epoch));
-    match &opened {
-        Ok(_) => creation.finish()?,
-        Err(_) => creation.abandon(target),
+    let opened = guard(|| open_and_load(index, target, &creation, config, seeds, bump_epoch))
+        .and_then(|opened| creation.finish().map(|()| opened));
+    if opened.is_err() {
+        creation.abandon(target);
     }
     opened
 }
@@ -226,7 +287,7 @@ fn open_and_load(
     seeds: &KeySeeds,
     bump_epoch: bool,
 ) -> Result<Opened> {
-    let db = open_db(target, creation.tmp(), config)?;
+    let db = open_db(target, creation.take_file(), config)?;
     // Only now, holding the database's lock.
     let log_file = open_log(target, creation, config)?;
     let txn = db.begin_write()?;

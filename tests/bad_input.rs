@@ -305,6 +305,64 @@ mod files {
         assert!(again.get(&Key::unscoped("k")).unwrap().is_some());
     }
 
+    /// Two opens of the same new path at the same moment: one creates the store, the other gets
+    /// `AlreadyOpen` (or opens it once the first is closed), never a store of its own. Each
+    /// completion that a store acknowledged and closed is there at the next open, and no
+    /// temporary file is left.
+    #[test]
+    fn two_opens_creating_one_path_at_once_make_one_store() {
+        use std::sync::{Arc, Barrier};
+        const ROUNDS: usize = 100;
+        let mut both = 0;
+        for round in 0..ROUNDS {
+            let (dir, path) = temp();
+            let barrier = Arc::new(Barrier::new(2));
+            let openers: Vec<_> = (0..2)
+                .map(|i| {
+                    let (path, barrier) = (path.clone(), Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        match Store::open(&path) {
+                            Ok(store) => {
+                                let key = Key::new("t", format!("k{i}"));
+                                let lease = acquired(store.claim(&key, None).unwrap());
+                                store.complete(&lease, Response::new(201)).unwrap();
+                                // Still open while the other one tries.
+                                std::thread::sleep(Duration::from_millis(5));
+                                store.close().unwrap();
+                                Some(key)
+                            }
+                            Err(Error::AlreadyOpen) => None,
+                            Err(e) => panic!("round {round}: opener {i}: {e}"),
+                        }
+                    })
+                })
+                .collect();
+            let done: Vec<Key> = openers
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect();
+            assert!(!done.is_empty(), "round {round}: neither open succeeded");
+            both += usize::from(done.len() == 2);
+            let store = Store::open(&path).unwrap();
+            for key in &done {
+                assert!(
+                    store.get(key).unwrap().is_some(),
+                    "round {round}: an acknowledged completion was lost"
+                );
+            }
+            drop(store);
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| n.to_string_lossy().contains(".creating"))
+                .collect();
+            assert!(names.is_empty(), "round {round}: left behind {names:?}");
+        }
+        // Both succeed only one after the other; the point is that no round lost anything.
+        assert!(both < ROUNDS, "the opens never overlapped");
+    }
+
     fn splitmix(state: &mut u64) -> u8 {
         *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = *state;
