@@ -359,7 +359,7 @@ fn open_and_load(
         from_snapshot = match target {
             Target::Path(path) if snapshot_id != 0 && !replayed && bump_epoch => {
                 // No more keys than records: bounds what a crafted header can make it allocate.
-                let records = records_in(&txn, config.layout)?;
+                let records = records_in(&txn, config.layout, target)?;
                 match snapshot::load(path, snapshot_id, records, index) {
                     Ok(loaded) => Some(loaded),
                     Err(_) => {
@@ -372,7 +372,7 @@ fn open_and_load(
         };
         let max_seq = match from_snapshot {
             Some((_, _, max_token)) => max_token,
-            None => load(&txn, config.layout, seeds, index, epoch)?,
+            None => load(&txn, config.layout, target, seeds, index, epoch)?,
         };
         // From now on the file changes: no snapshot describes it.
         meta.insert(M_SNAPSHOT, 0)?;
@@ -547,12 +547,13 @@ fn available_memory() -> Option<u64> {
 fn load(
     txn: &redb::WriteTransaction,
     layout: Layout,
+    target: &Target,
     seeds: &KeySeeds,
     index: &Index,
     epoch: u32,
 ) -> Result<u64> {
     let mut max_seq = 0;
-    let expected = records_in(txn, layout)?;
+    let expected = records_in(txn, layout, target)?;
     index.fill(usize::try_from(expected).unwrap_or(0), |filler| {
         let mut add = |digest: u128, entry: &crate::machine::Entry| {
             max_seq = max_seq.max(entry.token);
@@ -813,11 +814,20 @@ pub(crate) fn scan_expiry(
 }
 
 /// Records in the table of `layout` (redb keeps the count: no scan).
-fn records_in(txn: &redb::WriteTransaction, layout: Layout) -> Result<u64> {
-    Ok(match layout {
+/// The records table's length as redb stores it, at most what the file could hold: redb does
+/// not verify that number at an open, and the directory reserves room by it.
+fn records_in(txn: &redb::WriteTransaction, layout: Layout, target: &Target) -> Result<u64> {
+    /// No record takes fewer bytes in the file (its key alone is 16).
+    const MIN_RECORD_BYTES: u64 = 16;
+    let stored = match layout {
         Layout::TimeOrdered => txn.open_table(RECORDS)?.len()?,
         Layout::KeyOrdered => txn.open_table(BY_KEY)?.len()?,
-    })
+    };
+    let file_len = match target {
+        Target::Path(path) => std::fs::metadata(path).map(|m| m.len()).ok(),
+        Target::Backend { db, .. } => db().len().ok(),
+    };
+    Ok(file_len.map_or(stored, |len| stored.min(len / MIN_RECORD_BYTES)))
 }
 
 /// Number of records on disk (live or expired but not yet swept).

@@ -305,6 +305,45 @@ mod files {
         assert!(again.get(&Key::unscoped("k")).unwrap().is_some());
     }
 
+    /// redb does not verify a table's stored length at an open, and the directory reserves
+    /// room by it: a damaged length must not make the open allocate terabytes (an abort, which
+    /// no error can report).
+    #[test]
+    fn a_damaged_table_length_does_not_abort_the_open() {
+        let (_dir, path) = temp();
+        let store = Store::open(&path).unwrap();
+        for i in 0..777 {
+            acquired(
+                store
+                    .claim(&Key::new("t", format!("key-{i}")), None)
+                    .unwrap(),
+            );
+        }
+        store.close().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let (stored, damaged) = (777u64.to_le_bytes(), (1u64 << 45).to_le_bytes());
+        let mut patched = 0;
+        for i in 0..bytes.len() - 8 {
+            if bytes[i..i + 8] == stored {
+                bytes[i..i + 8].copy_from_slice(&damaged);
+                patched += 1;
+            }
+        }
+        assert!(patched > 0, "the table length is stored as a u64");
+        std::fs::write(&path, &bytes).unwrap();
+        // The snapshot of the clean close would spare the scan: remove it.
+        for entry in std::fs::read_dir(path.parent().unwrap()).unwrap() {
+            let entry = entry.unwrap().path();
+            if entry.to_string_lossy().ends_with("-snapshot") {
+                std::fs::remove_file(entry).unwrap();
+            }
+        }
+        match Store::open(&path) {
+            Ok(store) => assert!(store.get(&Key::new("t", "key-0")).unwrap().is_some()),
+            Err(e) => assert!(matches!(e, Error::Corrupt { .. }), "{e:?}"),
+        }
+    }
+
     /// Two opens of the same new path at the same moment: one creates the store, the other gets
     /// `AlreadyOpen` (or opens it once the first is closed), never a store of its own. Each
     /// completion that a store acknowledged and closed is there at the next open, and no
