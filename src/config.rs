@@ -110,10 +110,20 @@ const LOG_CAPACITY_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(4 << 30)
 pub(crate) const RESPONSE_SIZE_CEILING: usize = 256 << 20;
 /// Largest key (scope plus key) the store accepts at all.
 pub(crate) const KEY_LEN_CEILING: usize = 64 << 10;
+/// The longest `max_ttl`: 2^32 - 1 ms (see `index::Slot`).
+const MAX_TTL_CEILING: Duration = Duration::from_millis(u32::MAX as u64);
+/// Most for `sweep_chunk` and `queue_capacity` (allocated up front).
+const COUNT_CEILING: usize = 1 << 20;
 
 impl Config {
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        if self.max_ttl > MAX_TTL_CEILING {
+            return bad(format!(
+                "max_ttl {:?} must be at most {MAX_TTL_CEILING:?} (about 49.7 days: the directory keeps a lease's distance to its record's expiry in 32 bits of milliseconds)",
+                self.max_ttl
+            ));
+        }
         if self.ttl.is_zero() || self.ttl > self.max_ttl {
             return bad(format!(
                 "ttl {:?} must be above zero and at most max_ttl {:?}",
@@ -162,8 +172,11 @@ impl Config {
         if self.max_in_flight == 0 {
             return bad("max_in_flight must be above zero".into());
         }
-        if self.sweep_chunk == 0 {
-            return bad("sweep_chunk must be above zero".into());
+        if self.sweep_chunk == 0 || self.sweep_chunk > COUNT_CEILING {
+            return bad(format!(
+                "sweep_chunk {} must be between 1 and {COUNT_CEILING}",
+                self.sweep_chunk
+            ));
         }
         if self.log_capacity != 0 && !LOG_CAPACITY_RANGE.contains(&self.log_capacity) {
             return bad(format!(
@@ -175,6 +188,13 @@ impl Config {
         }
         if self.max_batch == 0 || self.queue_capacity == 0 {
             return bad("max_batch and queue_capacity must be above zero".into());
+        }
+        // The queue's slots are allocated when the store opens.
+        if self.queue_capacity > COUNT_CEILING {
+            return bad(format!(
+                "queue_capacity {} must be at most {COUNT_CEILING}",
+                self.queue_capacity
+            ));
         }
         Ok(())
     }
@@ -212,7 +232,8 @@ impl Builder {
         self
     }
 
-    /// Upper bound for per-claim lifetimes and for `ttl`. Default 7 days.
+    /// Upper bound for per-claim lifetimes and for `ttl`. Default 7 days; at most 2^32 - 1 ms
+    /// (about 49.7 days).
     pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
         self.config.max_ttl = max_ttl;
         self
@@ -271,7 +292,7 @@ impl Builder {
     }
 
     /// Capacity of the queue in front of the writer; callers wait when it is full. Default
-    /// 16,384.
+    /// 16,384; at most 1,048,576 (its slots are allocated when the store opens).
     pub fn queue_capacity(mut self, ops: usize) -> Self {
         self.config.queue_capacity = ops;
         self
@@ -292,7 +313,7 @@ impl Builder {
         self
     }
 
-    /// Most expired records removed per group commit. Default 1,024.
+    /// Most expired records removed per group commit. Default 1,024; at most 1,048,576.
     pub fn sweep_chunk(mut self, records: usize) -> Self {
         self.config.sweep_chunk = records;
         self

@@ -51,7 +51,8 @@ impl Slot {
                 lease_until,
                 epoch: claimed_in,
             } => (
-                // Lease deadlines are capped at expiry, and lifetimes at max_ttl (< 49 days).
+                // Lease deadlines are capped at expiry, and lifetimes at max_ttl (< 2^32 ms, which
+                // `Config::validate` enforces).
                 u32::try_from(e.expires_at.saturating_sub(lease_until)).unwrap_or(u32::MAX),
                 if claimed_in < epoch { EARLIER_EPOCH } else { 0 },
             ),

@@ -184,6 +184,7 @@ mod config {
 
     const SEC: Duration = Duration::from_secs(1);
     const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+    const MAX_TTL: Duration = Duration::from_millis(u32::MAX as u64);
 
     fn bounded(max_delay: Duration) -> Durability {
         Durability::Bounded { max_delay }
@@ -239,6 +240,48 @@ mod config {
                 b().queue_capacity(0),
                 "queue_capacity",
             ),
+            (
+                "queue_capacity above 2^20 (allocated at open)",
+                b().queue_capacity(usize::MAX),
+                "queue_capacity",
+            ),
+            (
+                "max_ttl above 2^32 - 1 ms",
+                b().max_ttl(MAX_TTL + Duration::from_millis(1)),
+                "max_ttl",
+            ),
+            (
+                "sweep_interval zero",
+                b().sweep_interval(Duration::ZERO),
+                "sweep_interval",
+            ),
+            (
+                "sweep_interval above 1 hour",
+                b().sweep_interval(3601 * SEC).sweep_horizon(7200 * SEC),
+                "sweep_interval",
+            ),
+            (
+                "sweep_horizon below sweep_interval",
+                b().sweep_horizon(Duration::from_millis(999)),
+                "sweep_horizon",
+            ),
+            ("sweep_chunk zero", b().sweep_chunk(0), "sweep_chunk"),
+            (
+                "sweep_chunk above 2^20",
+                b().sweep_chunk(usize::MAX),
+                "sweep_chunk",
+            ),
+            ("max_in_flight zero", b().max_in_flight(0), "max_in_flight"),
+            (
+                "log_capacity below 64 KiB",
+                b().log_capacity(4096),
+                "log_capacity",
+            ),
+            (
+                "log_capacity above 4 GiB",
+                b().log_capacity((4 << 30) + 1),
+                "log_capacity",
+            ),
         ];
         for (what, builder, names) in cases {
             match builder.open(&path) {
@@ -253,6 +296,26 @@ mod config {
                 "{what}: an invalid configuration touched the disk"
             );
         }
+    }
+
+    /// At the longest lifetime, a lease still ends when it should: a claim after it takes the
+    /// key over (the directory keeps the lease's distance to the expiry in 32 bits of ms).
+    #[test]
+    fn a_lease_ends_on_time_at_the_longest_ttl() {
+        let (_dir, path) = temp();
+        let clock = idemstore::ManualClock::new(1_700_000_000_000);
+        let store = Store::builder()
+            .max_ttl(MAX_TTL)
+            .ttl(MAX_TTL)
+            .lease(SEC)
+            .clock(clock.clone())
+            .open(&path)
+            .unwrap();
+        let key = Key::new("t", "k");
+        acquired(store.claim(&key, None).unwrap());
+        clock.advance(5 * SEC);
+        let lease = acquired(store.claim(&key, None).unwrap());
+        assert!(lease.is_takeover(), "{lease:?}");
     }
 
     #[test]
@@ -277,6 +340,17 @@ mod config {
                 "max_batch 1",
                 Store::builder().max_batch(1).queue_capacity(1),
             ),
+            (
+                "ttl = max_ttl = 2^32 - 1 ms",
+                Store::builder().max_ttl(MAX_TTL).ttl(MAX_TTL),
+            ),
+            (
+                "queue_capacity and sweep_chunk 2^20",
+                Store::builder()
+                    .queue_capacity(1 << 20)
+                    .sweep_chunk(1 << 20),
+            ),
+            ("log_capacity 0 (no log)", Store::builder().log_capacity(0)),
         ];
         for (what, builder) in cases {
             let (_dir, path) = temp();
