@@ -490,7 +490,7 @@ impl Store {
     /// Number of records in the file, live or expired but not yet swept.
     pub fn records_on_disk(&self) -> Result<u64> {
         let db = self.shared.database().ok_or(Error::Closed)?;
-        storage::record_count(&db, self.shared.config.layout)
+        storage::guard(|| storage::record_count(&db, self.shared.config.layout))
     }
 
     /// Finishes every queued operation, makes acknowledged work durable, stops the writer

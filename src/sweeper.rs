@@ -134,8 +134,13 @@ impl Sweep {
                 None
             }
         };
-        if let Some((from, to)) = scan {
-            self.scan(shared, from, to)?;
+        if let Some((from, to)) = scan
+            && let Err(e) = self.scan(shared, from, to)
+        {
+            // The span beyond the failure was neither scanned nor is it scheduled by the
+            // writer (whose records fall inside the raised horizon): scan everything again.
+            self.rescan();
+            return Err(e);
         }
         let mut reclaimed = 0;
         loop {
@@ -186,7 +191,9 @@ impl Sweep {
             let Some(db) = shared.database() else {
                 return Err(Error::Closed);
             };
-            let rows = crate::storage::scan_expiry(&db, cursor, to, SCAN_CHUNK, &shared.seeds)?;
+            let rows = crate::storage::guard(|| {
+                crate::storage::scan_expiry(&db, cursor, to, SCAN_CHUNK, &shared.seeds)
+            })?;
             let full = rows.len() == SCAN_CHUNK;
             if let Some(last) = rows.last() {
                 cursor = (last.expires_at, last.token.saturating_add(1));

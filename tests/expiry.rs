@@ -213,3 +213,53 @@ fn churn_plateaus() {
         );
     }
 }
+
+/// A pass whose scan of the expiry order fails (a read error) reclaims nothing and reports
+/// the error; once the disk is healed, the store recovers (redb refuses everything after an
+/// I/O error until it is reopened, which the next write does) and a pass scans that span
+/// again: no expired record waits for the next reopen.
+#[test]
+fn expired_records_are_reclaimed_after_a_failed_expiry_scan() {
+    use idemstore::sim_disk::{Op, SimDisk};
+    let clock = ManualClock::new(START);
+    let disk = SimDisk::new();
+    let hour = Duration::from_secs(3600);
+    // A sweeper tick of an hour: no background pass during the test, so the first pass is
+    // the call below, and the writer schedules nothing before it (the horizon starts empty).
+    let store = Store::builder()
+        .clock(clock.clone())
+        .ttl(Duration::from_secs(10))
+        .lease(Duration::from_secs(1))
+        .sweep_interval(hour)
+        .sweep_horizon(hour)
+        .cache_size(0)
+        .open_sim(&disk)
+        .expect("open");
+    for i in 0..100 {
+        let lease = acquire(&store, &Key::new("t", format!("k{i}")));
+        store.complete(&lease, Response::new(201)).unwrap();
+    }
+    // Two ticks on: the records' tick has passed.
+    clock.advance(2 * hour);
+    disk.fail_from(Op::Read, 1);
+    let failed = store.run_pending_expiry();
+    disk.heal();
+    assert!(
+        failed.is_err(),
+        "the scan read nothing from disk: {failed:?}"
+    );
+    // A write: refused while redb holds the error, after which the writer reopens the file
+    // (readers get `Closed` until it is back).
+    let after = store.claim(&Key::new("t", "after"), None);
+    assert!(after.is_err(), "{after:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.records_on_disk().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store never recovered"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(store.run_pending_expiry().unwrap(), 100);
+    assert_eq!(store.records_on_disk().unwrap(), 0);
+}
