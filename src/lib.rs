@@ -99,6 +99,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// Reports on stderr what the store cannot return to a caller (a failed background sweep, a
+/// recovery), prefixed `idemstore: `. Never panics: `eprintln!` does when stderr is a closed
+/// pipe, which would kill the writer thread it is called from.
+macro_rules! warn {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "idemstore: {}", format_args!($($arg)*));
+    }};
+}
+
 mod clock;
 mod codec;
 mod config;

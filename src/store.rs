@@ -185,7 +185,7 @@ impl Store {
                         let sweep = shared.sweep.as_ref().expect("checked before spawning");
                         match sweep.pass(&shared, &sweep_tx) {
                             Ok(_) | Err(Error::Closed) | Err(Error::Poisoned { .. }) => {}
-                            Err(e) => eprintln!("idemstore: expiry sweep failed, will retry: {e}"),
+                            Err(e) => warn!("expiry sweep failed, will retry: {e}"),
                         }
                     }
                 })

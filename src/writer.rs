@@ -233,7 +233,7 @@ impl Writer {
                 match snapshot::write(path, &self.shared.index, &self.shared.seeds, id) {
                     Ok(()) => Some(id),
                     Err(e) => {
-                        eprintln!("idemstore: the directory snapshot at close failed: {e}");
+                        warn!("the directory snapshot at close failed: {e}");
                         None
                     }
                 }
@@ -260,7 +260,7 @@ impl Writer {
         });
         match result {
             Ok(()) => self.high_water_persisted = now,
-            Err(e) => eprintln!("idemstore: the final commit at close failed: {e}"),
+            Err(e) => warn!("the final commit at close failed: {e}"),
         }
     }
 
@@ -311,10 +311,7 @@ impl Writer {
                 true
             }
             Err(e) => {
-                eprintln!(
-                    "idemstore: group commit of {} operations failed: {e}",
-                    done.len()
-                );
+                warn!("group commit of {} operations failed: {e}", done.len());
                 Counters::bump(&self.shared.counters.failed_commits);
                 let source = Arc::new(e);
                 for op in batch.drain(..) {
@@ -494,7 +491,7 @@ impl Writer {
                 self.unsynced_since = None;
             }
             Err(e) => {
-                eprintln!("idemstore: sync of acknowledged operations failed: {e}");
+                warn!("sync of acknowledged operations failed: {e}");
                 Counters::bump(&self.shared.counters.failed_commits);
                 self.recover();
             }
@@ -525,7 +522,7 @@ impl Writer {
                     if let Some(sweep) = &shared.sweep {
                         sweep.rescan();
                     }
-                    eprintln!("idemstore: reopened the store after a failed commit");
+                    warn!("reopened the store after a failed commit");
                     return;
                 }
                 // A reader may still hold the old database for a moment.
@@ -542,7 +539,7 @@ impl Writer {
             "reopening after a failed commit failed: {}",
             last.map_or_else(|| "the file stayed locked".to_string(), |e| e.to_string())
         );
-        eprintln!("idemstore: {reason}");
+        warn!("{reason}");
         shared.poison(reason);
     }
 }
