@@ -345,7 +345,7 @@ fn open_and_load(
         let mut meta = txn.open_table(META)?;
         let old_epoch = get(&meta, M_EPOCH)?.unwrap_or(0);
         let e = if bump_epoch {
-            old_epoch + 1
+            old_epoch.saturating_add(1)
         } else {
             old_epoch.max(1)
         };
@@ -377,6 +377,13 @@ fn open_and_load(
         // From now on the file changes: no snapshot describes it.
         meta.insert(M_SNAPSHOT, 0)?;
         let reserved = get(&meta, M_SEQ)?.unwrap_or(1);
+        // One token per operation: a file claiming more than 2^63 of them is damaged (and the
+        // additions below and in the writer would overflow).
+        if reserved.max(max_seq) > u64::MAX / 2 {
+            return Err(Error::Corrupt {
+                detail: format!("token {} out of range", reserved.max(max_seq)),
+            });
+        }
         next_seq = reserved.max(max_seq + 1);
         seq_reserved = next_seq + SEQ_BLOCK;
         meta.insert(M_SEQ, seq_reserved)?;

@@ -552,6 +552,27 @@ mod files {
         assert_explained(&r.unwrap_err());
     }
 
+    /// Counters read from the file that no store could have reached (an epoch beyond 32 bits,
+    /// a token beyond 2^63) are `Corrupt`, not an overflow.
+    #[test]
+    fn out_of_range_counters_in_the_file_are_corrupt() {
+        for (name, value) in [("epoch", u64::MAX), ("seq_reserved", u64::MAX)] {
+            let (_dir, path) = populated();
+            with_redb(&path, |txn| {
+                let mut meta = txn.open_table(META).unwrap();
+                assert!(meta.get(name).unwrap().is_some(), "{name}");
+                meta.insert(name, value).unwrap();
+            });
+            // Named as such (a debug build's overflow panic would be `Corrupt` too, through the
+            // guard against panics inside redb; a release build would wrap).
+            let r = Store::open(&path);
+            assert!(
+                matches!(&r, Err(Error::Corrupt { detail }) if detail.contains("out of range")),
+                "{name}: {r:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_corrupted_record_is_corrupt() {
         let (_dir, good) = populated();
