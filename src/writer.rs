@@ -671,7 +671,39 @@ impl Desk {
     /// The writer thread's loop; returns when every sender of the queue is gone and the queue
     /// is drained. `sweeps` is the sweeper's low-priority queue: at most one chunk joins each
     /// batch, after the claims that were waiting.
+    ///
+    /// A panic outside a batch (batches have their own guard; this is for a bug in the timer,
+    /// a sync or a recovery) poisons the store, and the thread goes on answering whatever is
+    /// queued with `Poisoned` until the store is dropped: no caller waits forever for a thread
+    /// that died.
     pub(crate) fn run(&self, sweeps: Receiver<Op>) {
+        let serve = std::panic::AssertUnwindSafe(|| self.serve(&sweeps));
+        if std::panic::catch_unwind(serve).is_ok() {
+            return;
+        }
+        let shared = Arc::clone(&self.writer.lock().shared);
+        shared.poison("the writer thread panicked".into());
+        let refuse = |op: Op| {
+            let reason = shared.poison_reason().unwrap_or_default();
+            op.into_failed().fail(|| Error::Poisoned {
+                reason: reason.clone(),
+            });
+        };
+        loop {
+            crossbeam_channel::select_biased! {
+                recv(self.rx) -> op => match op {
+                    Ok(op) => refuse(op),
+                    Err(_) => break,
+                },
+                recv(sweeps) -> op => match op {
+                    Ok(op) => refuse(op),
+                    Err(_) => break,
+                },
+            }
+        }
+    }
+
+    fn serve(&self, sweeps: &Receiver<Op>) {
         let rx = &self.rx;
         let mut batch = Vec::new();
         loop {
