@@ -132,7 +132,7 @@ impl Config {
         }
         if self.lease.is_zero() || self.lease > self.ttl {
             return bad(format!(
-                "lease {:?} must be above zero and at most the ttl {:?} (a lease as long as the ttl wedges a crashed owner's key for its whole lifetime)",
+                "lease {:?} must be above zero and at most the ttl {:?} (a longer lease would outlive its record; one as long as the ttl leaves a crashed owner's key wedged for its whole lifetime)",
                 self.lease, self.ttl
             ));
         }

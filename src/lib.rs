@@ -68,7 +68,11 @@
 //! 5. Nothing is visible to other callers before the commit that wrote it returned.
 //! 6. Fencing tokens are unique and increasing over the life of the file, across crashes.
 //! 7. Time never runs backwards for the store: a clock that steps back is ignored up to the
-//!    highest time already persisted, so an expired key is never resurrected.
+//!    highest time already persisted (every commit and a clean close persist it), so a key
+//!    that a write found expired, or the sweeper removed, is never resurrected. A read alone
+//!    persists nothing: a key that `get` saw expired in the moments before the sweeper
+//!    removed it can read as live again if the process then crashes and restarts on a clock
+//!    that stepped back.
 //!
 //! ## Expiry
 //!
