@@ -844,6 +844,12 @@ impl BatchCtx<'_, '_> {
                         self.new_in_flight += 1;
                     }
                     let seq = w.alloc_seq();
+                    // A takeover without a fingerprint keeps the one the key was claimed with:
+                    // a later claim of another request must still be told it is a mismatch.
+                    let fingerprint = match (fingerprint, cur) {
+                        (None, Some(s)) if takeover => s.entry(self.rules.epoch).fingerprint,
+                        _ => fingerprint,
+                    };
                     let entry =
                         machine::acquired_entry(seq, attempt, fingerprint, ttl_ms, &self.rules);
                     let slot = Slot::new(&entry, self.rules.epoch);

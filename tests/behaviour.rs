@@ -445,6 +445,34 @@ mod mismatch {
         replayed(store.claim(&without, Some(fp)).expect("claim"));
         replayed(store.claim(&without, Some(other)).expect("claim"));
     }
+
+    /// A takeover by a claim without a fingerprint keeps the key's: another request using the
+    /// key later is still a mismatch, not a replay of a result that was not its own; across a
+    /// reopen too.
+    #[test]
+    fn a_takeover_without_fingerprint_keeps_the_keys() {
+        let f = Fixture::new();
+        let store = f.open();
+        let k = key("taken-over");
+        let deploy = Fingerprint::of_request("POST", "/v1/environments/env_01/deploy", b"{}");
+        let stop = Fingerprint::of_request("POST", "/v1/environments/env_01/stop", b"{}");
+        acquired(store.claim(&k, Some(deploy)).expect("claim"));
+        f.set(T0 + LEASE_MS);
+        let lease = acquired(store.claim(&k, None).expect("claim"));
+        assert!(lease.is_takeover());
+        store.complete(&lease, created()).expect("complete");
+        assert!(matches!(
+            store.claim(&k, Some(stop)).expect("claim"),
+            ClaimOutcome::Mismatch
+        ));
+        drop(store);
+        let store = f.open();
+        assert!(matches!(
+            store.claim(&k, Some(stop)).expect("claim"),
+            ClaimOutcome::Mismatch
+        ));
+        replayed(store.claim(&k, Some(deploy)).expect("claim"));
+    }
 }
 
 mod renew {

@@ -281,7 +281,7 @@ pub fn decide(rec: &Option<Rec>, op: &Op, c: &Ctx, token: Option<u64>) -> (Answe
     let cur = live(rec, now);
     match op {
         Op::Claim { fp, ttl_ms } => {
-            let acquire = |attempt: u32, takeover: bool| {
+            let acquire = |attempt: u32, takeover: bool, fp: Option<Fingerprint>| {
                 let expires_at = now.saturating_add(*ttl_ms);
                 let lease_until = now.saturating_add(c.lease_ms).min(expires_at);
                 let answer = Answer::Acquired {
@@ -297,14 +297,14 @@ pub fn decide(rec: &Option<Rec>, op: &Op, c: &Ctx, token: Option<u64>) -> (Answe
                 let rec = Rec {
                     token,
                     attempt,
-                    fp: *fp,
+                    fp,
                     expires_at,
                     phase,
                 };
                 (answer, Some(rec))
             };
             let Some(r) = cur else {
-                return acquire(1, false);
+                return acquire(1, false, *fp);
             };
             if differ(r.fp, *fp) {
                 return (Answer::Mismatch, same);
@@ -327,7 +327,8 @@ pub fn decide(rec: &Option<Rec>, op: &Op, c: &Ctx, token: Option<u64>) -> (Answe
                     generation,
                 } => {
                     if *generation != c.generation || now >= *lease_until {
-                        acquire(r.attempt.saturating_add(1), true)
+                        // A takeover without a fingerprint keeps the key's.
+                        acquire(r.attempt.saturating_add(1), true, fp.or(r.fp))
                     } else {
                         let answer = Answer::InFlight {
                             attempt: r.attempt,

@@ -266,6 +266,11 @@ impl RefStore {
                 State::InFlight { .. } => (e.attempt + 1, true),
             },
         };
+        // A takeover without a fingerprint keeps the key's.
+        let fp = match self.live(key, now) {
+            Some(e) if takeover => fp.or(e.fp),
+            _ => fp,
+        };
         let expires_at = now + ttl_ms.unwrap_or(TTL_MS);
         let lease_until = (now + LEASE_MS).min(expires_at);
         let state = State::InFlight {
