@@ -2,14 +2,16 @@
 //!
 //! 1. Eight clients send the same `POST /deploy` with one idempotency key at once: the deploy
 //!    runs exactly once; the others get `409` while it runs and a replay (same `201`, same body,
-//!    `X-Idempotency-Replayed: true`) once it has finished.
+//!    `X-Idempotency-Replayed: true`) once it has finished. The same key with another request
+//!    is a `422`, in another tenant it is another key; a handler error releases the key so
+//!    the retry runs fresh; a `GET` ignores the key; a key with a control character is a `400`.
 //! 2. A server process is killed with SIGKILL right after it stored a result, and another one in
 //!    the middle of a request; after the restart the first result is replayed, not recomputed,
 //!    and the interrupted request is taken over at once (flagged as a takeover).
 //!
 //! Run with `cargo run --example demo`.
 
-use idemstore::{ClaimOutcome, Fingerprint, Key, Response, Store};
+use idemstore::{ClaimOutcome, Error, Fingerprint, Key, Response, Store};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -24,7 +26,10 @@ struct HttpResponse {
     body: String,
 }
 
-/// The idempotency layer of an HTTP server, in a few lines over the store.
+/// The idempotency layer of an HTTP server over the store (the rules of BEHAVIOUR.md): only
+/// POST honours the key; a key is 1 to 255 bytes without control characters; a response the
+/// server does not keep (4xx validation errors, 5xx handler errors) releases the key so a
+/// retry runs fresh; a store that cannot answer is a 503, never a panic.
 fn handle(
     store: &Store,
     tenant: &str,
@@ -34,25 +39,52 @@ fn handle(
     body: &[u8],
     run: impl FnOnce() -> Response,
 ) -> HttpResponse {
+    if method != "POST" {
+        return to_http(run(), false); // GET, PUT, PATCH, DELETE: naturally idempotent
+    }
+    if key.is_empty() || key.len() > 255 || key.chars().any(char::is_control) {
+        return json(400, &[], INVALID_KEY);
+    }
     let key = Key::new(tenant, key);
     let fp = Fingerprint::of_request(method, path, body);
-    match store.claim(&key, Some(fp)).expect("claim") {
-        ClaimOutcome::Acquired(lease) => {
+    match store.claim(&key, Some(fp)) {
+        Ok(ClaimOutcome::Acquired(lease)) => {
             let response = run();
-            store.complete(&lease, response.clone()).expect("complete");
+            if matches!(response.status, 400 | 422 | 500..=599) {
+                let _ = store.release(&lease); // no effect kept: a retry runs fresh
+            } else if let Err(Error::ResponseTooLarge { .. }) =
+                store.complete(&lease, response.clone())
+            {
+                // It ran, so a retry must not run it again: keep a stand-in.
+                let _ = store.complete(&lease, Response::new(500).body(NOT_KEPT));
+            }
+            // Any other failure to store it: the request ran, this client still gets its answer.
             to_http(response, false)
         }
-        ClaimOutcome::Replay(replay) => to_http(replay.response, true),
-        ClaimOutcome::InFlight { .. } => HttpResponse {
-            status: 409,
-            headers: vec![],
-            body: r#"{"error": "idempotency_key_in_use", "message": "A request with this idempotency key is already being processed. Retry after a moment."}"#.into(),
-        },
-        ClaimOutcome::Mismatch => HttpResponse {
-            status: 422,
-            headers: vec![],
-            body: r#"{"error": "idempotency_key_reused", "message": "This idempotency key was used with a different request."}"#.into(),
-        },
+        Ok(ClaimOutcome::Replay(replay)) => to_http(replay.response, true),
+        Ok(ClaimOutcome::InFlight { retry_after, .. }) => {
+            let secs = retry_after.as_secs().max(1).to_string();
+            json(409, &[("Retry-After", &secs)], IN_USE)
+        }
+        Ok(ClaimOutcome::Mismatch) => json(422, &[], KEY_REUSED),
+        // Overloaded, or the store failed: nothing ran, the client may retry.
+        Err(_) => json(503, &[("Retry-After", "1")], UNAVAILABLE),
+    }
+}
+
+const IN_USE: &str = r#"{"error": "idempotency_key_in_use", "message": "A request with this idempotency key is already being processed. Retry after a moment."}"#;
+const KEY_REUSED: &str = r#"{"error": "idempotency_key_reused", "message": "This idempotency key was used with a different request."}"#;
+const INVALID_KEY: &str = r#"{"error": "invalid_idempotency_key", "message": "The idempotency key must be 1 to 255 bytes without control characters."}"#;
+const UNAVAILABLE: &str = r#"{"error": "unavailable", "message": "The request could not be checked for duplicates. Retry after a moment."}"#;
+const NOT_KEPT: &str = r#"{"error": "idempotency_result_not_kept", "message": "This request was processed, but its response was too large to keep for replay."}"#;
+
+fn json(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+    let mut all = vec![("Content-Type".to_string(), "application/json".to_string())];
+    all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+    HttpResponse {
+        status,
+        headers: all,
+        body: body.into(),
     }
 }
 
@@ -172,6 +204,42 @@ fn concurrent_retries(store: Arc<Store>) {
         tenant.body,
         String::from_utf8(deploy_response(900).body).unwrap()
     );
+
+    let post = |key: &str, run: &mut dyn FnMut() -> Response| {
+        handle(&store, "tenant-42", key, "POST", "/v1/projects", b"{}", run)
+    };
+    let failed = post("create-project-1", &mut || Response::new(503));
+    let retried = post("create-project-1", &mut || {
+        Response::new(201).body("{\"id\":\"prj_1\"}")
+    });
+    println!(
+        "a handler error ({}) releases the key: the retry runs fresh -> {} {}",
+        failed.status, retried.status, retried.body
+    );
+    assert_eq!((failed.status, retried.status), (503, 201));
+    let mut gets = 0;
+    for _ in 0..2 {
+        handle(
+            &store,
+            "tenant-42",
+            "create-project-1",
+            "GET",
+            "/v1/projects/prj_1",
+            b"",
+            || {
+                gets += 1;
+                Response::new(200)
+            },
+        );
+    }
+    println!("GET with a key: the key is ignored, it ran {gets} times");
+    assert_eq!(gets, 2);
+    let bad = post("bad\nkey", &mut || unreachable!());
+    println!(
+        "a key with a control character -> {} {}",
+        bad.status, bad.body
+    );
+    assert_eq!(bad.status, 400);
 }
 
 /// The child "server": completes one key, starts another, then waits to be killed.
@@ -254,7 +322,12 @@ fn main() {
     }
     let dir = std::env::temp_dir().join(format!("idemstore-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let store = Arc::new(Store::open(dir.join("concurrent.redb")).expect("open"));
+    // The store's key limit counts the tenant too: room for 255-byte keys of a 64-byte tenant.
+    let store = Store::builder()
+        .max_key_len(64 + 255)
+        .open(dir.join("concurrent.redb"))
+        .expect("open");
+    let store = Arc::new(store);
     concurrent_retries(Arc::clone(&store));
     println!("stats: {:?}", store.stats());
     drop(store);

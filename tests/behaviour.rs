@@ -835,6 +835,29 @@ mod http {
     pub const IN_USE: &str = r#"{"error": "idempotency_key_in_use", "message": "A request with this idempotency key is already being processed. Retry after a moment."}"#;
     pub const MISMATCH: &str = r#"{"error": "idempotency_key_mismatch", "message": "This idempotency key was already used with a different request."}"#;
     pub const BAD_KEY: &str = r#"{"error": "invalid_idempotency_key", "message": "The idempotency key must be 1 to 255 bytes without control characters."}"#;
+    pub const UNAVAILABLE: &str = r#"{"error": "unavailable", "message": "The request could not be checked for duplicates. Retry after a moment."}"#;
+    /// Replayed in place of a result too large to keep: the request ran, so a retry must not
+    /// run it again.
+    pub const NOT_KEPT: &str = r#"{"error": "idempotency_result_not_kept", "message": "This request was processed, but its response was too large to keep for replay."}"#;
+    /// The longest key a client may send (the spec's "sane maximum"), whatever its tenant.
+    pub const MAX_KEY: usize = 255;
+    /// The scope a tenant's keys live in: a fixed-size digest of its credentials, so the key
+    /// limit a client sees does not depend on how long its token is.
+    const SCOPE_LEN: usize = 16;
+
+    fn scope(authorization: &str) -> String {
+        let digest = Fingerprint::of_request("AUTH", "", authorization.as_bytes()).0;
+        format!("{:016x}", digest as u64)
+    }
+
+    /// The store behind the layer: keys of up to `MAX_KEY` bytes within a tenant's scope.
+    pub fn open(f: &Fixture) -> Store {
+        Store::builder()
+            .clock(f.clock.clone())
+            .max_key_len(SCOPE_LEN + MAX_KEY)
+            .open(&f.path)
+            .expect("open store")
+    }
 
     /// Status, headers, body.
     pub type Http = (u16, Vec<(String, Vec<u8>)>, Vec<u8>);
@@ -869,17 +892,18 @@ mod http {
         let Some(raw) = header("X-Idempotency-Key").filter(|_| method == "POST") else {
             return run();
         };
-        if raw.bytes().any(|b| b.is_ascii_control()) {
+        if raw.is_empty() || raw.len() > MAX_KEY || raw.chars().any(char::is_control) {
             return json(400, BAD_KEY);
         }
-        let key = Key::new(header("Authorization").unwrap_or(""), raw);
+        let key = Key::new(scope(header("Authorization").unwrap_or("")), raw);
         let fp = Fingerprint::of_request(method, path, body);
         match store.claim(&key, Some(fp)) {
-            Err(Error::EmptyKey | Error::KeyTooLong { .. }) => json(400, BAD_KEY),
-            Err(e) => json(
-                503,
-                &format!("{{\"error\": \"unavailable\", \"message\": \"{e}\"}}"),
-            ),
+            // Overloaded, or the store failed: nothing ran, the client may retry.
+            Err(_) => {
+                let mut r = json(503, UNAVAILABLE);
+                r.1.push(("Retry-After".into(), b"1".to_vec()));
+                r
+            }
             Ok(ClaimOutcome::InFlight { retry_after, .. }) => {
                 let mut r = json(409, IN_USE);
                 let secs = retry_after.as_millis().div_ceil(1000).max(1);
@@ -898,21 +922,39 @@ mod http {
             }
             Ok(ClaimOutcome::Acquired(lease)) => {
                 let (status, headers, body) = run();
-                let kept_or_released = if kept(status) {
-                    let response = Response {
-                        status,
-                        headers: headers.clone(),
-                        body: body.clone(),
-                    };
-                    store.complete(&lease, response)
-                } else {
-                    store.release(&lease)
-                };
-                // A stale lease means a takeover ran meanwhile: our result is not kept, but the
-                // action ran, so the client still gets it.
-                if let Err(e) = kept_or_released {
-                    assert!(matches!(e, Error::StaleLease { .. }), "{e}");
+                if !kept(status) {
+                    // Whether or not this lands (a stale lease: a takeover ran meanwhile), the
+                    // client gets the error it caused.
+                    let _ = store.release(&lease);
+                    return (status, headers, body);
                 }
+                let response = Response {
+                    status,
+                    headers: headers.clone(),
+                    body: body.clone(),
+                };
+                let stored = match store.complete(&lease, response) {
+                    Err(Error::ResponseTooLarge { .. }) => {
+                        let stand_in = Response::new(500)
+                            .header("Content-Type", "application/json")
+                            .body(NOT_KEPT);
+                        store.complete(&lease, stand_in)
+                    }
+                    // Completing again with the same lease is safe: the outcome is known after.
+                    Err(Error::OutcomeUnknown { .. }) => store.complete(
+                        &lease,
+                        Response {
+                            status,
+                            headers: headers.clone(),
+                            body: body.clone(),
+                        },
+                    ),
+                    other => other,
+                };
+                // StaleLease: a takeover ran meanwhile and its result is the key's. Any other
+                // error: the result may be lost. Either way the action ran, so this client
+                // gets its response.
+                let _ = stored;
                 (status, headers, body)
             }
         }
@@ -931,7 +973,7 @@ mod http {
     #[test]
     fn http_contract() {
         let f = Fixture::new();
-        let store = f.open();
+        let store = open(&f);
         let runs = Cell::new(0);
         let tenant_a = ("Authorization", "Bearer key_a");
         let tenant_b = ("Authorization", "Bearer key_b");
@@ -1040,20 +1082,39 @@ mod http {
             assert_eq!(header(&r, "X-Idempotency-Replayed"), None);
         }
         assert_eq!(
-            store.get(&Key::new("Bearer key_a", ignored)).expect("get"),
+            store
+                .get(&Key::new(scope("Bearer key_a"), ignored))
+                .expect("get"),
             None
         );
 
-        // Keys are opaque but sane: no control characters, not empty, not too long.
+        // Keys are opaque but sane: no control characters (C0 or C1), not empty, at most 255
+        // bytes whatever the tenant's token.
         assert_eq!(create(tenant_a, "bad\nkey", b"", "x").0, 400);
+        assert_eq!(create(tenant_a, "bad\u{85}key", b"", "x").0, 400);
         assert_eq!(create(tenant_a, "", b"", "x").0, 400);
-        assert_eq!(create(tenant_a, &"k".repeat(300), b"", "x").0, 400);
+        assert_eq!(create(tenant_a, &"k".repeat(MAX_KEY + 1), b"", "x").0, 400);
         assert_eq!(runs.get(), 7, "2 creates and 5 ignored-key requests");
+        let jwt = format!("Bearer {}", "t".repeat(300));
+        let longest = "k".repeat(MAX_KEY);
+        assert_eq!(create(("Authorization", &jwt), &longest, b"", "x").0, 201);
+        assert_eq!(create(tenant_a, &longest, b"", "y").0, 201);
+        assert_eq!(runs.get(), 9);
+
+        // A result too large to keep: this client gets it, a retry gets the stand-in (the
+        // request ran: it must not run again).
+        let big = "redeploy-too-large";
+        let huge = vec![b'x'; 2 << 20];
+        let ran = redeploy(big, b"{}", &mut || (200, vec![], huge.clone()));
+        assert_eq!((ran.0, ran.2.len()), (200, huge.len()));
+        let retry = redeploy(big, b"{}", &mut never);
+        assert_eq!((retry.0, retry.2.as_slice()), (500, NOT_KEPT.as_bytes()));
+        assert_eq!(header(&retry, "X-Idempotency-Replayed"), Some(&b"true"[..]));
 
         // After 24 hours the key has expired: the request is treated as new.
         f.set(T0 + TTL_MS);
         let later = create(tenant_a, uuid, b"{\"name\":\"api\"}", "prj_4");
-        assert_eq!((later.0, runs.get()), (201, 8));
+        assert_eq!((later.0, runs.get()), (201, 10));
         assert_eq!(header(&later, "X-Idempotency-Replayed"), None);
         assert_eq!(later.2, b"{\"id\":\"prj_4\"}");
     }
