@@ -72,9 +72,15 @@ fn run_unique(c: &Arc<dyn Claimer>, threads: u64, iters: u64) -> Duration {
                 barrier.wait();
                 for i in 0..per_thread {
                     let key = format!("key-{:016x}", base + i);
-                    // Correctness check a fast-but-wrong engine cannot pass: fresh keys win.
+                    // Correctness check a fast-but-wrong engine cannot pass: fresh keys win...
                     assert!(c.claim(key.as_bytes()), "a fresh key must be acquired");
                 }
+                // ...and a key claimed already loses (one extra claim per thread and sample).
+                let first = format!("key-{base:016x}");
+                assert!(
+                    !c.claim(first.as_bytes()),
+                    "a claimed key must not be acquired again"
+                );
             })
         })
         .collect();
