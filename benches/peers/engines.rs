@@ -138,6 +138,10 @@ pub fn open(kind: Kind, live: u64, ctx: &Ctx) -> Result<Arc<dyn Engine>, String>
             let store = Store::builder()
                 .durability(durability)
                 .max_in_flight(MAX_IN_FLIGHT)
+                // A claim holds its key for its whole life, as the peers' SET NX EX 86400 and
+                // INSERT OR IGNORE do: a pool outliving a 60 s lease must not see takeovers
+                // (the hot-key check would count one as a second winner).
+                .lease(Duration::from_secs(24 * 3600))
                 .open(&path)
                 .map_err(|e| format!("open idemstore: {e}"))?;
             assert_eq!(store.stats().live_keys, live, "pre-filled live keys");
