@@ -17,7 +17,9 @@ pub enum Durability {
     /// (a group sync runs at most `max_delay` after the oldest unsynced acknowledgement).
     ///
     /// A process crash or power loss can lose every operation acknowledged in the last
-    /// `max_delay` before it; nothing acknowledged earlier. The sync runs on the store's
+    /// `max_delay` before it; nothing acknowledged earlier. An I/O error loses nothing
+    /// acknowledged: the store keeps the changes it has not synced yet (in memory, for at
+    /// most `max_delay`) and writes them again when it recovers. The sync runs on the store's
     /// writer thread: a machine too busy to schedule it delays it by as much;
     /// [`Store::flush`](crate::Store::flush) makes everything acknowledged before it durable.
     /// A lost claim means a retry may run the action a second time; a lost completion means a

@@ -393,6 +393,17 @@ pub(crate) fn replay(
     Ok(replayed)
 }
 
+/// Applies the entries of `changes` (recorded in this process, so well-formed) in order.
+pub(crate) fn apply_changes(
+    changes: &Changes,
+    mut apply: impl FnMut(Entry<'_>) -> Result<()>,
+) -> Result<()> {
+    entries(&changes.buf, changes.count, &mut apply).map_err(|e| match e {
+        Bad::Format(what) => corrupt(format!("recorded changes: {what}")),
+        Bad::Apply(e) => e,
+    })
+}
+
 /// Why a frame's entries could not be applied.
 enum Bad {
     /// The (checksummed) payload does not parse.

@@ -259,7 +259,17 @@ pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-/// Opens the database, checks its format, bumps the epoch (when `bump_epoch`), reserves a new
+/// Why the database is opened.
+#[derive(Clone, Copy)]
+pub(crate) enum Reopen<'a> {
+    /// The store opens: a new epoch (claims of earlier processes can be taken over at once).
+    Start,
+    /// The writer recovers from a failed commit: the same epoch; `rewrite` holds the rows of
+    /// the batches acknowledged since the last durable commit (bounded mode), written again.
+    Recovery { rewrite: &'a [Changes] },
+}
+
+/// Opens the database, checks its format, bumps the epoch (when `Reopen::Start`), reserves a new
 /// block of sequence numbers durably, and loads every record into `index` (a new, empty
 /// directory that nobody else reads yet). A
 /// panic inside redb on a damaged file becomes `Error::Corrupt`.
@@ -268,10 +278,10 @@ pub(crate) fn open(
     target: &Target,
     config: &Config,
     seeds: &KeySeeds,
-    bump_epoch: bool,
+    reopen: Reopen<'_>,
 ) -> Result<Opened> {
     let creation = Creation::of(target)?;
-    let opened = guard(|| open_and_load(index, target, &creation, config, seeds, bump_epoch))
+    let opened = guard(|| open_and_load(index, target, &creation, config, seeds, reopen))
         .and_then(|opened| creation.finish().map(|()| opened));
     if opened.is_err() {
         creation.abandon(target);
@@ -285,8 +295,9 @@ fn open_and_load(
     creation: &Creation,
     config: &Config,
     seeds: &KeySeeds,
-    bump_epoch: bool,
+    reopen: Reopen<'_>,
 ) -> Result<Opened> {
+    let bump_epoch = matches!(reopen, Reopen::Start);
     let db = open_db(target, creation.take_file(), config)?;
     // Only now, holding the database's lock.
     let log_file = open_log(target, creation, config)?;
@@ -339,6 +350,9 @@ fn open_and_load(
         }
         _ => false,
     };
+    if let Reopen::Recovery { rewrite } = reopen {
+        rewrite_unsynced(&txn, config.layout, rewrite)?;
+    }
     let (epoch, next_seq, seq_reserved, high_water, from_snapshot);
     let next_generation = log::new_generation();
     {
@@ -459,12 +473,41 @@ fn replay_log(
     generation: u64,
     applied: u64,
 ) -> Result<u64> {
+    apply_rows(txn, layout, "commit log", |apply| {
+        log::replay(file, generation, applied, apply)
+    })
+}
+
+/// Writes again the rows of batches acknowledged since the last durable commit (bounded mode:
+/// see `Writer::unsynced`), in order.
+fn rewrite_unsynced(
+    txn: &redb::WriteTransaction,
+    layout: Layout,
+    rewrite: &[Changes],
+) -> Result<()> {
+    apply_rows(txn, layout, "recorded changes", |apply| {
+        for changes in rewrite {
+            log::apply_changes(changes, &mut *apply)?;
+        }
+        Ok(0)
+    })
+    .map(drop)
+}
+
+/// Applies to `txn` the row changes that `feed` hands to the function it is given (whole-row
+/// puts and removes, so applying one twice changes nothing).
+fn apply_rows(
+    txn: &redb::WriteTransaction,
+    layout: Layout,
+    source: &str,
+    feed: impl FnOnce(&mut dyn FnMut(log::Entry<'_>) -> Result<()>) -> Result<u64>,
+) -> Result<u64> {
     let mut meta = txn.open_table(META)?;
     let mut rows = Tables::open(txn, layout, false)?;
     let bad = |what: &str| Error::Corrupt {
-        detail: format!("commit log: {what}"),
+        detail: format!("{source}: {what}"),
     };
-    log::replay(file, generation, applied, |e| {
+    feed(&mut |e: log::Entry<'_>| {
         match (e.table, &mut rows.rows) {
             (LogTable::Meta, _) => {
                 let k = std::str::from_utf8(e.key).map_err(|_| bad("a meta key is not UTF-8"))?;

@@ -125,7 +125,7 @@ impl Store {
     pub(crate) fn open_with(config: Config, target: Target) -> Result<Store> {
         let seeds = KeySeeds::new();
         let index = Index::new();
-        let mut opened = storage::open(&index, &target, &config, &seeds, true)?;
+        let mut opened = storage::open(&index, &target, &config, &seeds, storage::Reopen::Start)?;
         // A directory read from a snapshot was filed with the digests of the open that wrote it.
         let seeds = opened.snapshot_seeds.take().unwrap_or(seeds);
         let shared = Arc::new(Shared {

@@ -147,6 +147,11 @@ pub(crate) struct Writer {
     high_water_persisted: Millis,
     /// With `Durability::Bounded`: when the oldest unsynced acknowledgement was given.
     unsynced_since: Option<Instant>,
+    /// With `Durability::Bounded`: the rows changed by the batches acknowledged since the last
+    /// durable commit. A failed commit or sync makes redb drop them (it does not persist
+    /// pending non-durable commits once it has seen an I/O error), so recovery writes them
+    /// again: an I/O error takes back nothing that was acknowledged.
+    unsynced: Vec<Changes>,
     /// Batches committed or failed so far (the pending marks' batch numbers).
     batches: u64,
     /// The keys marked pending for the current batch.
@@ -167,6 +172,7 @@ impl Writer {
             seq_reserved: opened.seq_reserved,
             high_water_persisted: opened.high_water,
             unsynced_since: None,
+            unsynced: Vec::new(),
             batches: 0,
             marked: Vec::new(),
             log: opened.log.take(),
@@ -280,7 +286,7 @@ impl Writer {
         // A panic inside redb (it panics on some damaged pages) fails the batch like an I/O error.
         let result = storage::guard(|| self.build_and_commit(batch, &mut done, durable));
         match result {
-            Ok((overlay, synced)) => {
+            Ok((overlay, synced, changes)) => {
                 let shared = &Arc::clone(&self.shared);
                 for (&digest, &slot) in &overlay {
                     shared.index.set(digest, slot);
@@ -297,10 +303,16 @@ impl Writer {
                 if synced {
                     Counters::bump(&shared.counters.syncs);
                 }
-                if durable {
+                if durable || synced {
                     self.unsynced_since = None;
-                } else if self.unsynced_since.is_none() {
-                    self.unsynced_since = Some(Instant::now());
+                    self.unsynced.clear();
+                } else {
+                    if self.unsynced_since.is_none() {
+                        self.unsynced_since = Some(Instant::now());
+                    }
+                    if !changes.is_empty() {
+                        self.unsynced.push(changes);
+                    }
                 }
                 let mut answers = Batch::new(done.len());
                 for d in done {
@@ -346,7 +358,7 @@ impl Writer {
         batch: &mut Vec<Op>,
         done: &mut Vec<Done>,
         durable: bool,
-    ) -> Result<(Overlay, bool)> {
+    ) -> Result<(Overlay, bool, Changes)> {
         let shared = Arc::clone(&self.shared);
         let db = shared.database().ok_or(Error::Closed)?;
         let now = shared.time.now();
@@ -354,8 +366,12 @@ impl Writer {
         let seq_before = self.seq_reserved;
         let mut b = BatchCtx {
             shared: &shared,
-            // Changes are recorded for the log only.
-            tables: Tables::open(&txn, shared.config.layout, self.log.is_some())?,
+            // Changes are recorded for the log, and in bounded mode for a recovery to rewrite.
+            tables: Tables::open(
+                &txn,
+                shared.config.layout,
+                self.log.is_some() || self.max_delay().is_some(),
+            )?,
             overlay: Overlay::with_capacity_and_hasher(batch.len(), Default::default()),
             rules: shared.rules(now),
             new_in_flight: 0,
@@ -416,9 +432,12 @@ impl Writer {
         if !meta.is_empty() {
             storage::put_meta(&txn, &meta, &mut changes)?;
         }
+        // A new block of fencing tokens is reserved durably, whatever the mode: tokens handed
+        // out beyond a reservation that a crash loses would be handed out again.
+        let durable = durable || self.seq_reserved != seq_before;
         let synced = self.commit(txn, &changes, durable)?;
         self.high_water_persisted = self.high_water_persisted.max(now);
-        Ok((overlay, synced))
+        Ok((overlay, synced, changes))
     }
 
     /// Commits a batch whose rows changed as `changes` say: with the log, redb keeps it in
@@ -489,6 +508,7 @@ impl Writer {
             Ok(()) => {
                 Counters::bump(&self.shared.counters.syncs);
                 self.unsynced_since = None;
+                self.unsynced.clear();
             }
             Err(e) => {
                 warn!("sync of acknowledged operations failed: {e}");
@@ -506,12 +526,20 @@ impl Writer {
         drop(old);
         self.log = None;
         self.unsynced_since = None;
+        let unsynced = std::mem::take(&mut self.unsynced);
         let mut last = None;
         for attempt in 0..50 {
             // Load into a directory of its own and swap it in only once the reopen succeeded:
             // callers keep reading the old one meanwhile, and keep it if recovery fails.
             let fresh = Index::new();
-            match storage::open(&fresh, &shared.target, &shared.config, &shared.seeds, false) {
+            let reopened = storage::open(
+                &fresh,
+                &shared.target,
+                &shared.config,
+                &shared.seeds,
+                storage::Reopen::Recovery { rewrite: &unsynced },
+            );
+            match reopened {
                 Ok(mut opened) => {
                     self.log = opened.log.take();
                     shared.index.replace_with(fresh);

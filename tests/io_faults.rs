@@ -27,11 +27,14 @@
 //! (with `set_len` failing for good it may recover by itself: reopening needs no `set_len`).
 //! A real file that runs out of space (`FaultyFile` with a space limit) gets the same checks.
 //!
-//! Two engine findings have their own tests, which fail until the engine is fixed:
+//! Two engine findings (both fixed) have their own tests:
 //! `get_during_recovery_or_poison_is_not_reported_as_corruption` and
 //! `a_store_whose_first_open_failed_opens_once_the_fault_is_gone`. The campaigns count runs
-//! that hit the second one (the fault fell in the creation of the file, which no open accepts
-//! since) and print them instead of failing, so that every other injection point is checked.
+//! that would hit the second one (the fault fell in the creation of the file) and print that
+//! count (0 since the fix).
+//!
+//! `Durability::Bounded` has two tests of its own (`bounded_mode_*`): an I/O error in a flush's
+//! sync or in a later batch's commit takes back nothing acknowledged before it.
 //!
 //! Knobs: `IDEMSTORE_FAULT_STRIDE` (run only every `k`-th `fail_from` point beyond the first
 //! 40; default 1, all of them).
@@ -497,7 +500,7 @@ fn campaign(
     eprintln!(
         "{name}: workload ops {counts:?}; {} runs, fault reached in {}, errors surfaced in {}, \
          {} OutcomeUnknown answers, {} self-recoveries, {} poisoned, {} failed opens, \
-         {} files left unopenable by a failed creation (known finding); \
+         {} files left unopenable by a failed creation; \
          error kinds {:?}; reached without an error: {:?}; \
          0 panics, 0 lost acknowledgements; {:.1?}",
         tally.runs,
@@ -643,7 +646,7 @@ fn a_full_disk_loses_no_acknowledged_work() {
 /// `get` must not report a healthy file as corrupt while the store reopens it after a failed
 /// commit, nor a poisoned store as corrupt.
 ///
-/// Fails today: `Store::get` (src/store.rs) treats "no database" (the writer dropped it to
+/// Failed before it was fixed: `Store::get` (src/store.rs) treats "no database" (the writer dropped it to
 /// reopen the file, or for good once poisoned) like a record that moved on, looks again four
 /// times, and answers `OutcomeUnknown { source: Corrupt { "the record kept moving while it
 /// was read" } }`.
@@ -741,7 +744,7 @@ fn records_of_a_failed_commit_that_landed_are_swept() {
 /// A store whose very first open failed on an I/O error (the file was being created) must open
 /// once the fault is gone, as after any other failed open.
 ///
-/// Fails today: redb creates a file by growing it, writing a header without its magic number,
+/// Failed before it was fixed: redb creates a file by growing it, writing a header without its magic number,
 /// syncing, then writing the magic number; when any of that fails the file is left non-empty
 /// without the magic number, and every later open answers `Storage(Io(InvalidData "Not a redb
 /// database: magic number mismatch"))` until someone deletes the file by hand.
@@ -784,4 +787,113 @@ fn idemstore_log_path(path: &std::path::Path) -> std::path::PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push("-log");
     name.into()
+}
+
+/// A bounded-mode store on a fresh disk.
+fn bounded_store(disk: &SimDisk, cache: Option<usize>) -> Store {
+    let mut b = Store::builder()
+        .durability(idemstore::Durability::Bounded {
+            max_delay: Duration::from_secs(60),
+        })
+        .clock(ManualClock::new(T0));
+    if let Some(bytes) = cache {
+        b = b.cache_size(bytes);
+    }
+    b.open_sim(disk).expect("open")
+}
+
+/// Flushes until a flush succeeds (the store recovers by itself after a failed commit).
+fn flush_until_ok(store: &Store) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = store.flush() {
+        assert!(Instant::now() < deadline, "the store never recovered: {e}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn lease_of(outcome: ClaimOutcome) -> idemstore::Lease {
+    match outcome {
+        ClaimOutcome::Acquired(lease) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+/// `Durability::Bounded`: an I/O error in the sync of a flush takes back nothing that was
+/// acknowledged. redb drops its pending non-durable commits once it has seen an I/O error, so
+/// the writer's recovery writes the acknowledged batches again; when a flush then answers Ok,
+/// a claim acknowledged earlier still holds its key (one owner, whose completion lands) and a
+/// completion acknowledged earlier replays, in this process and after a reopen.
+#[test]
+fn bounded_mode_a_failed_flush_takes_back_no_acknowledgement() {
+    let mut reached = 0;
+    for (kind, n) in [
+        (Op::Sync, 1),
+        (Op::Write, 1),
+        (Op::Write, 2),
+        (Op::Write, 3),
+        (Op::Write, 5),
+        (Op::Write, 8),
+    ] {
+        let disk = SimDisk::new();
+        let store = bounded_store(&disk, None);
+        let (held, done) = (Key::unscoped("held"), Key::unscoped("done"));
+        let lease = lease_of(store.claim(&held, None).unwrap());
+        let other = lease_of(store.claim(&done, None).unwrap());
+        let body = Response::new(200).body(b"hello".to_vec());
+        store.complete(&other, body.clone()).unwrap();
+        disk.fail_nth(kind, n);
+        if store.flush().is_err() {
+            reached += 1;
+        }
+        disk.heal();
+        flush_until_ok(&store);
+        let what = format!("{kind:?} #{n}");
+        let again = store.claim(&held, None).unwrap();
+        assert!(
+            matches!(again, ClaimOutcome::InFlight { .. }),
+            "{what}: an acknowledged claim was taken back: {again:?}"
+        );
+        match store.claim(&done, None).unwrap() {
+            ClaimOutcome::Replay(r) => assert_eq!(r.response, body, "{what}"),
+            other => panic!("{what}: an acknowledged completion was taken back: {other:?}"),
+        }
+        store.complete(&lease, Response::new(201)).unwrap();
+        drop(store);
+        let store = bounded_store(&disk, None);
+        for key in [&held, &done] {
+            assert!(
+                matches!(store.claim(key, None).unwrap(), ClaimOutcome::Replay(_)),
+                "{what}: {key:?} after a reopen"
+            );
+        }
+    }
+    assert!(reached >= 3, "the faults failed only {reached} flushes");
+}
+
+/// `Durability::Bounded`: an I/O error in a later batch's commit (a small cache, so that
+/// non-durable commits write pages) takes back no completion acknowledged before it.
+#[test]
+fn bounded_mode_a_failed_later_commit_takes_back_no_acknowledgement() {
+    let mut reached = 0;
+    for n in 1..=12u64 {
+        let disk = SimDisk::new();
+        let store = bounded_store(&disk, Some(64 << 10));
+        let done = Key::unscoped("done");
+        let lease = lease_of(store.claim(&done, None).unwrap());
+        let body = Response::new(200).body(vec![7; 3000]);
+        store.complete(&lease, body.clone()).unwrap();
+        disk.fail_nth(Op::Write, n);
+        let failed = (0..200).any(|i| store.claim(&Key::new("x", format!("{i}")), None).is_err());
+        disk.heal();
+        if !failed {
+            continue;
+        }
+        reached += 1;
+        flush_until_ok(&store);
+        match store.claim(&done, None).unwrap() {
+            ClaimOutcome::Replay(r) => assert_eq!(r.response, body, "write #{n}"),
+            other => panic!("write #{n}: an acknowledged completion was taken back: {other:?}"),
+        }
+    }
+    assert!(reached >= 6, "the faults failed only {reached} commits");
 }
