@@ -89,14 +89,6 @@ pub(crate) struct Changes {
 }
 
 impl Changes {
-    /// Changes that record.
-    pub(crate) fn recorded() -> Changes {
-        Changes {
-            recording: true,
-            ..Changes::default()
-        }
-    }
-
     fn entry(&mut self, table: LogTable, key: &[u8], value: Option<&[u8]>) {
         if !self.recording {
             return;
@@ -125,6 +117,25 @@ impl Changes {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Empties these changes, keeping the buffer (and whether they record) for reuse.
+    pub(crate) fn clear(&mut self) {
+        self.buf.clear();
+        self.count = 0;
+    }
+
+    /// These changes, emptied, recording from now on (a buffer reused from batch to batch).
+    pub(crate) fn recycled(mut self) -> Changes {
+        self.clear();
+        self.recording = true;
+        self
+    }
+
+    /// Appends `later`'s entries after these.
+    pub(crate) fn append(&mut self, later: &Changes) {
+        self.buf.extend_from_slice(&later.buf);
+        self.count += later.count;
     }
 }
 
@@ -631,7 +642,7 @@ mod tests {
     }
 
     fn changes(n: usize) -> Changes {
-        let mut c = Changes::recorded();
+        let mut c = Changes::default().recycled();
         for i in 0..n {
             c.put(LogTable::Records, &record_key(i as u64, 7), &[i as u8; 100]);
             c.remove(LogTable::ByKey, b"gone");

@@ -266,7 +266,7 @@ pub(crate) enum Reopen<'a> {
     Start,
     /// The writer recovers from a failed commit: the same epoch; `rewrite` holds the rows of
     /// the batches acknowledged since the last durable commit (bounded mode), written again.
-    Recovery { rewrite: &'a [Changes] },
+    Recovery { rewrite: &'a Changes },
 }
 
 /// Opens the database, checks its format, bumps the epoch (when `Reopen::Start`), reserves a new
@@ -480,16 +480,9 @@ fn replay_log(
 
 /// Writes again the rows of batches acknowledged since the last durable commit (bounded mode:
 /// see `Writer::unsynced`), in order.
-fn rewrite_unsynced(
-    txn: &redb::WriteTransaction,
-    layout: Layout,
-    rewrite: &[Changes],
-) -> Result<()> {
+fn rewrite_unsynced(txn: &redb::WriteTransaction, layout: Layout, rewrite: &Changes) -> Result<()> {
     apply_rows(txn, layout, "recorded changes", |apply| {
-        for changes in rewrite {
-            log::apply_changes(changes, &mut *apply)?;
-        }
-        Ok(0)
+        log::apply_changes(rewrite, apply).map(|()| 0)
     })
     .map(drop)
 }
@@ -503,7 +496,7 @@ fn apply_rows(
     feed: impl FnOnce(&mut dyn FnMut(log::Entry<'_>) -> Result<()>) -> Result<u64>,
 ) -> Result<u64> {
     let mut meta = txn.open_table(META)?;
-    let mut rows = Tables::open(txn, layout, false)?;
+    let mut rows = Tables::open(txn, layout, Changes::default())?;
     let bad = |what: &str| Error::Corrupt {
         detail: format!("{source}: {what}"),
     };
@@ -694,24 +687,18 @@ enum Rows<'t> {
 }
 
 impl<'t> Tables<'t> {
-    /// The tables, recording the changes made through them when `record`.
+    /// The tables, recording the changes made through them into `changes` (when it records:
+    /// see `Changes::recycled`).
     pub(crate) fn open(
         txn: &'t redb::WriteTransaction,
         layout: Layout,
-        record: bool,
+        changes: Changes,
     ) -> Result<Self> {
         let rows = match layout {
             Layout::TimeOrdered => Rows::Time(txn.open_table(RECORDS)?),
             Layout::KeyOrdered => Rows::Key(txn.open_table(BY_KEY)?),
         };
-        Ok(Tables {
-            rows,
-            changes: if record {
-                Changes::recorded()
-            } else {
-                Changes::default()
-            },
-        })
+        Ok(Tables { rows, changes })
     }
 
     /// Writes `record` as the key's record `new`, removing the previous record `old` when it

@@ -148,10 +148,12 @@ pub(crate) struct Writer {
     /// With `Durability::Bounded`: when the oldest unsynced acknowledgement was given.
     unsynced_since: Option<Instant>,
     /// With `Durability::Bounded`: the rows changed by the batches acknowledged since the last
-    /// durable commit. A failed commit or sync makes redb drop them (it does not persist
-    /// pending non-durable commits once it has seen an I/O error), so recovery writes them
-    /// again: an I/O error takes back nothing that was acknowledged.
-    unsynced: Vec<Changes>,
+    /// durable commit, in order. A failed commit or sync makes redb drop them (it does not
+    /// persist pending non-durable commits once it has seen an I/O error), so recovery writes
+    /// them again: an I/O error takes back nothing that was acknowledged.
+    unsynced: Changes,
+    /// The buffer the next batch records its changes into (reused: no allocation per batch).
+    spare: Changes,
     /// Batches committed or failed so far (the pending marks' batch numbers).
     batches: u64,
     /// The keys marked pending for the current batch.
@@ -172,7 +174,8 @@ impl Writer {
             seq_reserved: opened.seq_reserved,
             high_water_persisted: opened.high_water,
             unsynced_since: None,
-            unsynced: Vec::new(),
+            unsynced: Changes::default(),
+            spare: Changes::default(),
             batches: 0,
             marked: Vec::new(),
             log: opened.log.take(),
@@ -310,10 +313,11 @@ impl Writer {
                     if self.unsynced_since.is_none() {
                         self.unsynced_since = Some(Instant::now());
                     }
-                    if !changes.is_empty() {
-                        self.unsynced.push(changes);
+                    if self.max_delay().is_some() {
+                        self.unsynced.append(&changes);
                     }
                 }
+                self.spare = changes;
                 let mut answers = Batch::new(done.len());
                 for d in done {
                     d.count(&shared.counters);
@@ -370,7 +374,11 @@ impl Writer {
             tables: Tables::open(
                 &txn,
                 shared.config.layout,
-                self.log.is_some() || self.max_delay().is_some(),
+                if self.log.is_some() || self.max_delay().is_some() {
+                    std::mem::take(&mut self.spare).recycled()
+                } else {
+                    Changes::default()
+                },
             )?,
             overlay: Overlay::with_capacity_and_hasher(batch.len(), Default::default()),
             rules: shared.rules(now),
