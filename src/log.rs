@@ -119,10 +119,20 @@ impl Changes {
         self.count == 0
     }
 
-    /// Empties these changes, keeping the buffer (and whether they record) for reuse.
+    /// Empties these changes, keeping the buffer (and whether they record) for reuse; a
+    /// buffer grown past 1 MiB (a batch of large responses) is given back.
     pub(crate) fn clear(&mut self) {
+        const KEEP: usize = 1 << 20;
+        if self.buf.capacity() > KEEP {
+            self.buf = Vec::new();
+        }
         self.buf.clear();
         self.count = 0;
+    }
+
+    /// Bytes held.
+    pub(crate) fn byte_len(&self) -> usize {
+        self.buf.len()
     }
 
     /// These changes, emptied, recording from now on (a buffer reused from batch to batch).

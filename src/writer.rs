@@ -139,6 +139,10 @@ impl Op {
     }
 }
 
+/// With `Durability::Bounded`: the most bytes of unsynced changes kept for a recovery to write
+/// again ([`Writer::unsynced`]); beyond it the sync is due at once, whatever `max_delay` says.
+const UNSYNCED_LIMIT: usize = 64 << 20;
+
 /// State only the writer thread touches.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
@@ -192,7 +196,14 @@ impl Writer {
     }
 
     fn sync_deadline(&self) -> Option<Instant> {
-        Some(self.unsynced_since? + self.max_delay()?)
+        let since = self.unsynced_since?;
+        let max_delay = self.max_delay()?;
+        // Past `UNSYNCED_LIMIT` bytes of changes kept for recovery, at once (bounds memory).
+        Some(if self.unsynced.byte_len() > UNSYNCED_LIMIT {
+            since
+        } else {
+            since + max_delay
+        })
     }
 
     /// Something acknowledged is unsynced and its deadline has come.
@@ -443,7 +454,20 @@ impl Writer {
         // A new block of fencing tokens is reserved durably, whatever the mode: tokens handed
         // out beyond a reservation that a crash loses would be handed out again.
         let durable = durable || self.seq_reserved != seq_before;
-        let synced = self.commit(txn, &changes, durable)?;
+        let synced = match self.commit(txn, &changes, durable) {
+            Ok(synced) => synced,
+            Err(e) => {
+                // The commit itself failed, and may or may not have reached the file (a durable
+                // one may: redb writes, then syncs). Its callers get `OutcomeUnknown`, so either
+                // is allowed; but recovery must not write the earlier unsynced batches over it
+                // (a takeover's removed record would come back), so it writes this batch again
+                // after them: the recovered state is always the one in which it happened.
+                if self.max_delay().is_some() {
+                    self.unsynced.append(&changes);
+                }
+                return Err(e);
+            }
+        };
         self.high_water_persisted = self.high_water_persisted.max(now);
         Ok((overlay, synced, changes))
     }

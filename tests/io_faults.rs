@@ -897,3 +897,98 @@ fn bounded_mode_a_failed_later_commit_takes_back_no_acknowledgement() {
     }
     assert!(reached >= 6, "the faults failed only {reached} commits");
 }
+
+/// `Durability::Bounded`: a durable batch (here a takeover of a key claimed in an unsynced
+/// batch, and a flush) whose sync fails may have reached the file all the same. Recovery must
+/// not write the earlier unsynced batches over it (the takeover's removed record would come
+/// back beside the new one, never to be swept): once everything has expired, a sweep leaves
+/// no record.
+#[test]
+fn bounded_mode_recovery_never_writes_older_batches_over_a_failed_one() {
+    let mut hits = 0;
+    for round in 0..200 {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(T0);
+        let store = std::sync::Arc::new(
+            Store::builder()
+                .durability(idemstore::Durability::Bounded {
+                    max_delay: Duration::from_secs(60),
+                })
+                .clock(clock.clone())
+                .lease(Duration::from_secs(1))
+                .ttl(Duration::from_secs(10))
+                .sweep_interval(Duration::from_secs(3600))
+                .open_sim(&disk)
+                .expect("open"),
+        );
+        let k = Key::unscoped("k");
+        lease_of(store.claim(&k, None).unwrap());
+        clock.advance(Duration::from_secs(2)); // the lease is over: the next claim takes over
+        disk.fail_nth(Op::Sync, 1);
+        // The takeover and a flush race into one durable batch (most rounds).
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let callers: Vec<_> = (0..6)
+            .map(|i| {
+                let (store, barrier, k) = (store.clone(), barrier.clone(), k.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    match i {
+                        0 => store.claim(&k, None).map(drop),
+                        1 => {
+                            std::thread::sleep(Duration::from_micros(50));
+                            store.flush()
+                        }
+                        _ => store
+                            .claim(&Key::unscoped(format!("other-{i}")), None)
+                            .map(drop),
+                    }
+                })
+            })
+            .collect();
+        let results: Vec<_> = callers.into_iter().map(|h| h.join().unwrap()).collect();
+        disk.heal();
+        flush_until_ok(&store);
+        if results[0].is_err() {
+            hits += 1;
+        }
+        clock.advance(Duration::from_secs(3600));
+        for _ in 0..3 {
+            store.run_pending_expiry().unwrap();
+        }
+        let left = store.records_on_disk().unwrap();
+        assert_eq!(
+            left, 0,
+            "round {round}: records left after everything expired ({results:?})"
+        );
+    }
+    assert!(
+        hits >= 10,
+        "the takeover's batch failed in only {hits} rounds"
+    );
+}
+
+/// `Durability::Bounded` keeps the changes it has not synced (for a recovery to write again):
+/// past 64 MiB of them the sync is due at once, whatever `max_delay` says, so memory stays
+/// bounded under a burst of large responses.
+#[test]
+fn bounded_mode_syncs_early_past_64_mib_of_unsynced_changes() {
+    let disk = SimDisk::new();
+    let store = bounded_store(&disk, None);
+    let before = store.stats().syncs;
+    let body = vec![b'x'; 1000 << 10];
+    for i in 0..70 {
+        let lease = lease_of(store.claim(&Key::new("big", format!("{i}")), None).unwrap());
+        store
+            .complete(&lease, Response::new(200).body(body.clone()))
+            .unwrap();
+    }
+    // max_delay is 60 s: only the limit can make the writer sync within this wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.stats().syncs == before {
+        assert!(
+            Instant::now() < deadline,
+            "no sync 10 s after 70 MB of unsynced changes"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
