@@ -131,12 +131,13 @@ enum Creation {
     /// The file exists: a plain open.
     Existing,
     /// A new file at `path`, built at `tmp` first. `file` goes to redb; `lock` is another handle
-    /// on it, which keeps the lock until this value is dropped.
+    /// on it (the same open file description), which keeps the lock until redb closes the
+    /// database: redb's close unlocks it.
     NewFile {
         tmp: PathBuf,
         path: PathBuf,
         file: std::cell::Cell<Option<std::fs::File>>,
-        _lock: std::fs::File,
+        lock: std::fs::File,
     },
     /// An empty custom backend.
     NewBackend,
@@ -164,38 +165,49 @@ impl Creation {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
         name.push(".creating");
         let tmp = path.with_file_name(name);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&tmp)
-            .map_err(Error::Io)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::AlreadyOpen),
-            // No locks on this file system: redb's own lock is the only guard left.
-            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+        let open_tmp = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&tmp)
+                .map_err(Error::Io)
+        };
+        // A creator that gives up unlinks the file it held: the one we locked may be such a
+        // file (not the one the name leads to any more), then look again.
+        for _ in 0..8 {
+            let mut file = open_tmp()?;
+            match lock(&file)? {
+                Locked::Busy => return Err(Error::AlreadyOpen),
+                Locked::Held if !same_file(&file, &tmp) => continue,
+                Locked::Held => {
+                    if path.exists() {
+                        // Installed by another open since `Creation::of` looked; our file
+                        // is one of our own making (or a leftover): not needed.
+                        let _ = std::fs::remove_file(&tmp);
+                        return Ok(Creation::Existing);
+                    }
+                    // What a creation that died left, if anything.
+                    file.set_len(0).map_err(Error::Io)?;
+                }
+                Locked::Unavailable => {
+                    // No lock to exclude another creator (as before locks were used): start
+                    // from a file of our own rather than truncate one that may be in use.
+                    drop(file);
+                    let _ = std::fs::remove_file(&tmp);
+                    file = open_tmp()?;
+                }
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::Io(e)),
+            let lock = file.try_clone().map_err(Error::Io)?;
+            return Ok(Creation::NewFile {
+                tmp,
+                path: path.to_path_buf(),
+                file: std::cell::Cell::new(Some(file)),
+                lock,
+            });
         }
-        if path.exists() {
-            // Installed by another open since `Creation::of` looked. Our handle may be on a
-            // temporary file of our own making: remove it if the name still leads to it.
-            if same_file(&file, &tmp) {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            return Ok(Creation::Existing);
-        }
-        // What a creation that died left, if anything.
-        file.set_len(0).map_err(Error::Io)?;
-        let lock = file.try_clone().map_err(Error::Io)?;
-        Ok(Creation::NewFile {
-            tmp,
-            path: path.to_path_buf(),
-            file: std::cell::Cell::new(Some(file)),
-            _lock: lock,
-        })
+        Err(Error::AlreadyOpen)
     }
 
     /// The new file's handle, for redb (once).
@@ -218,8 +230,18 @@ impl Creation {
     /// After a failed creation: leaves nothing behind.
     fn abandon(&self, target: &Target) {
         match (self, target) {
-            (Creation::NewFile { tmp, .. }, _) => {
-                let _ = std::fs::remove_file(tmp);
+            (
+                Creation::NewFile {
+                    tmp, lock: held, ..
+                },
+                _,
+            ) => {
+                // redb's close unlocked the file (the lock belongs to the open file description
+                // `held` shares with redb's handle): take it again, and leave the file to any
+                // creator that took it meanwhile.
+                if !matches!(lock(held), Ok(Locked::Busy)) && same_file(held, tmp) {
+                    let _ = std::fs::remove_file(tmp);
+                }
             }
             (Creation::NewBackend, Target::Backend { db, .. }) => {
                 let _ = db().set_len(0);
@@ -229,7 +251,35 @@ impl Creation {
     }
 }
 
-/// Whether `file` is the file `path` names now.
+/// The creation lock on a temporary file.
+enum Locked {
+    Held,
+    /// Another open holds it.
+    Busy,
+    /// No lock here: the file system refuses them, or (off unix) we take none, as there the
+    /// lock would also stand in the way of redb's own range locks through the same handle.
+    /// Two opens creating one path at once are then not kept apart.
+    Unavailable,
+}
+
+#[cfg(unix)]
+fn lock(file: &std::fs::File) -> Result<Locked> {
+    match file.try_lock() {
+        Ok(()) => Ok(Locked::Held),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Locked::Busy),
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            Ok(Locked::Unavailable)
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Io(e)),
+    }
+}
+
+#[cfg(not(unix))]
+fn lock(_file: &std::fs::File) -> Result<Locked> {
+    Ok(Locked::Unavailable)
+}
+
+/// Whether `file` is the file `path` names now (off unix, where that cannot be told: `true`).
 #[cfg(unix)]
 fn same_file(file: &std::fs::File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -241,7 +291,7 @@ fn same_file(file: &std::fs::File, path: &Path) -> bool {
 
 #[cfg(not(unix))]
 fn same_file(_file: &std::fs::File, _path: &Path) -> bool {
-    false
+    true
 }
 
 /// Runs `f`, turning a panic (redb panics on some damaged files instead of returning an error)

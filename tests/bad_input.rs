@@ -701,6 +701,26 @@ mod creation {
         ));
     }
 
+    /// A creation that fails after redb built its file (here the commit log cannot be opened:
+    /// a directory has its name) removes that file, although redb's close dropped the lock
+    /// the creation held; once the cause is gone, the store is created.
+    #[test]
+    fn a_creation_failing_after_the_file_was_built_leaves_nothing_behind() {
+        let (dir, path) = temp();
+        let mut log = path.clone().into_os_string();
+        log.push("-log");
+        std::fs::create_dir(&log).unwrap();
+        assert!(matches!(Store::open(&path), Err(Error::Io(_))));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [Path::new(&log).file_name().unwrap()], "left behind");
+        std::fs::remove_dir(&log).unwrap();
+        let store = Store::open(&path).expect("created once the cause is gone");
+        acquired(store.claim(&Key::new("t", "k"), None).unwrap());
+    }
+
     /// A store whose creation failed leaves no file behind, so a retry can create it.
     #[test]
     fn a_failed_creation_leaves_nothing_behind() {
