@@ -230,18 +230,16 @@ impl Creation {
     /// After a failed creation: leaves nothing behind.
     fn abandon(&self, target: &Target) {
         match (self, target) {
+            // redb's close unlocked the file (the lock belongs to the open file description
+            // `held` shares with redb's handle): take it again, and leave the file to any
+            // creator that took it meanwhile.
             (
                 Creation::NewFile {
                     tmp, lock: held, ..
                 },
                 _,
-            ) => {
-                // redb's close unlocked the file (the lock belongs to the open file description
-                // `held` shares with redb's handle): take it again, and leave the file to any
-                // creator that took it meanwhile.
-                if !matches!(lock(held), Ok(Locked::Busy)) && same_file(held, tmp) {
-                    let _ = std::fs::remove_file(tmp);
-                }
+            ) if !matches!(lock(held), Ok(Locked::Busy)) && same_file(held, tmp) => {
+                let _ = std::fs::remove_file(tmp);
             }
             (Creation::NewBackend, Target::Backend { db, .. }) => {
                 let _ = db().set_len(0);
