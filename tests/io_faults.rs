@@ -33,8 +33,9 @@
 //! that would hit the second one (the fault fell in the creation of the file) and print that
 //! count (0 since the fix).
 //!
-//! `Durability::Bounded` has two tests of its own (`bounded_mode_*`): an I/O error in a flush's
-//! sync or in a later batch's commit takes back nothing acknowledged before it.
+//! `Durability::Bounded` has tests of its own (`bounded_mode_*`): an I/O error in a flush's sync
+//! or in a later batch's commit takes back nothing acknowledged before it, recovery never
+//! writes older batches over a failed one, and the changes kept for recovery stay bounded.
 //!
 //! Knobs: `IDEMSTORE_FAULT_STRIDE` (run only every `k`-th `fail_from` point beyond the first
 //! 40; default 1, all of them).
@@ -789,13 +790,18 @@ fn idemstore_log_path(path: &std::path::Path) -> std::path::PathBuf {
     name.into()
 }
 
-/// A bounded-mode store on a fresh disk.
-fn bounded_store(disk: &SimDisk, cache: Option<usize>) -> Store {
-    let mut b = Store::builder()
+/// Bounded mode with a 60 s `max_delay`, on `clock`.
+fn bounded_builder(clock: &ManualClock) -> Builder {
+    Store::builder()
         .durability(idemstore::Durability::Bounded {
             max_delay: Duration::from_secs(60),
         })
-        .clock(ManualClock::new(T0));
+        .clock(clock.clone())
+}
+
+/// A bounded-mode store on a fresh disk.
+fn bounded_store(disk: &SimDisk, cache: Option<usize>) -> Store {
+    let mut b = bounded_builder(&ManualClock::new(T0));
     if let Some(bytes) = cache {
         b = b.cache_size(bytes);
     }
@@ -918,11 +924,7 @@ fn bounded_mode_recovery_never_writes_older_batches_over_a_failed_one() {
         let disk = SimDisk::new();
         let clock = ManualClock::new(T0);
         let store = std::sync::Arc::new(
-            Store::builder()
-                .durability(idemstore::Durability::Bounded {
-                    max_delay: Duration::from_secs(60),
-                })
-                .clock(clock.clone())
+            bounded_builder(&clock)
                 .lease(Duration::from_secs(1))
                 .ttl(Duration::from_secs(10))
                 .sweep_interval(Duration::from_secs(3600))
