@@ -52,6 +52,27 @@ impl Shared {
         self.db.read().clone()
     }
 
+    /// The database, waiting with `flush` (an operation queued at the writer, which runs
+    /// after a recovery in progress) while the writer reopens it after a failed commit.
+    pub(crate) fn database_after_recovery(
+        &self,
+        flush: impl Fn() -> Result<()>,
+    ) -> Result<Arc<Database>> {
+        for _ in 0..REPLAY_LOOKUPS {
+            self.check_poison()?;
+            if let Some(db) = self.database() {
+                return Ok(db);
+            }
+            flush()?;
+        }
+        // Every flush succeeded and a new failure took the file away again each time.
+        Err(Error::OutcomeUnknown {
+            source: Arc::new(Error::Io(std::io::Error::other(
+                "the store kept reopening its file after failed commits; retry",
+            ))),
+        })
+    }
+
     pub(crate) fn take_database(&self) -> Option<Arc<Database>> {
         self.db.write().take()
     }
@@ -489,7 +510,7 @@ impl Store {
 
     /// Number of records in the file, live or expired but not yet swept.
     pub fn records_on_disk(&self) -> Result<u64> {
-        let db = self.shared.database().ok_or(Error::Closed)?;
+        let db = self.shared.database_after_recovery(|| self.flush())?;
         storage::guard(|| storage::record_count(&db, self.shared.config.layout))
     }
 

@@ -135,7 +135,7 @@ impl Sweep {
             }
         };
         if let Some((from, to)) = scan
-            && let Err(e) = self.scan(shared, from, to)
+            && let Err(e) = self.scan(shared, from, to, writer)
         {
             // The span beyond the failure was neither scanned nor is it scheduled by the
             // writer (whose records fall inside the raised horizon): scan everything again.
@@ -185,12 +185,16 @@ impl Sweep {
     }
 
     /// Schedules every record on disk expiring in `[from, to)`.
-    fn scan(&self, shared: &Shared, from: Millis, to: Millis) -> Result<()> {
+    fn scan(&self, shared: &Shared, from: Millis, to: Millis, writer: &Sender<Op>) -> Result<()> {
         let mut cursor = (from, 0u64);
         loop {
-            let Some(db) = shared.database() else {
-                return Err(Error::Closed);
-            };
+            let db = shared.database_after_recovery(|| {
+                let (reply, answer) = crate::oneshot::oneshot();
+                writer
+                    .send(Op::Flush { reply })
+                    .map_err(|_| Error::Closed)?;
+                answer.wait()
+            })?;
             let rows = crate::storage::guard(|| {
                 crate::storage::scan_expiry(&db, cursor, to, SCAN_CHUNK, &shared.seeds)
             })?;

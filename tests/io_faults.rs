@@ -27,8 +27,9 @@
 //! (with `set_len` failing for good it may recover by itself: reopening needs no `set_len`).
 //! A real file that runs out of space (`FaultyFile` with a space limit) gets the same checks.
 //!
-//! Two engine findings (both fixed) have their own tests:
-//! `get_during_recovery_or_poison_is_not_reported_as_corruption` and
+//! Three engine findings (all fixed) have their own tests:
+//! `get_during_recovery_or_poison_is_not_reported_as_corruption`,
+//! `counting_and_sweeping_during_recovery_wait_for_it` and
 //! `a_store_whose_first_open_failed_opens_once_the_fault_is_gone`. The campaigns count runs
 //! that would hit the second one (the fault fell in the creation of the file) and print that
 //! count (0 since the fix).
@@ -997,4 +998,46 @@ fn bounded_mode_syncs_early_past_64_mib_of_unsynced_changes() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Right after a failed commit, while the writer reopens the file, `records_on_disk()` and
+/// `run_pending_expiry()` wait for the reopen instead of answering `Closed` (the store is not
+/// closed; they answer once it has recovered).
+#[test]
+fn counting_and_sweeping_during_recovery_wait_for_it() {
+    let mut closed = Vec::new();
+    for round in 0..50 {
+        let disk = SimDisk::new();
+        let store = Disk::open(&disk, &ManualClock::new(T0)).unwrap();
+        acquired_lease(&store, "k");
+        disk.fail_nth(Op::Sync, 1);
+        let failed = store.claim(&Key::new("t", "other"), None);
+        assert!(
+            matches!(failed, Err(Error::OutcomeUnknown { .. })),
+            "{failed:?}"
+        );
+        // Each one first in half the rounds.
+        let (count, swept) = if round % 2 == 0 {
+            let count = store.records_on_disk();
+            (count, store.run_pending_expiry())
+        } else {
+            let swept = store.run_pending_expiry();
+            (store.records_on_disk(), swept)
+        };
+        if matches!(count, Err(Error::Closed)) || matches!(swept, Err(Error::Closed)) {
+            closed.push((round, count, swept));
+            continue;
+        }
+        // The failed claim's batch may or may not have landed.
+        assert!(matches!(count, Ok(1 | 2)), "{count:?}");
+        assert!(matches!(swept, Ok(0)), "{swept:?}");
+    }
+    assert!(
+        closed.is_empty(),
+        "answered Closed while recovering: {closed:?}"
+    );
+}
+
+fn acquired_lease(store: &Store, key: &str) -> idemstore::Lease {
+    lease_of(store.claim(&Key::new("t", key), None).unwrap())
 }
