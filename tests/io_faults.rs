@@ -31,7 +31,7 @@
 //! `get_during_recovery_or_poison_is_not_reported_as_corruption`,
 //! `counting_and_sweeping_during_recovery_wait_for_it` and
 //! `a_store_whose_first_open_failed_opens_once_the_fault_is_gone`. The campaigns count runs
-//! that would hit the second one (the fault fell in the creation of the file) and print that
+//! that would hit the last one (the fault fell in the creation of the file) and print that
 //! count (0 since the fix).
 //!
 //! `Durability::Bounded` has tests of its own (`bounded_mode_*`): an I/O error in a flush's sync
