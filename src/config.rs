@@ -75,6 +75,8 @@ pub(crate) struct Config {
     pub(crate) max_in_flight: u64,
     pub(crate) log_capacity: u64,
     pub(crate) snapshot_min_keys: u64,
+    /// Fencing tokens reserved (durably) at a time.
+    pub(crate) token_block: u64,
 }
 
 impl Default for Config {
@@ -99,6 +101,7 @@ impl Default for Config {
             max_in_flight: 1_000_000,
             log_capacity: DEFAULT_LOG_CAPACITY,
             snapshot_min_keys: 1_000_000,
+            token_block: crate::storage::SEQ_BLOCK,
         }
     }
 }
@@ -186,6 +189,13 @@ impl Config {
                 self.log_capacity,
                 LOG_CAPACITY_RANGE.start(),
                 LOG_CAPACITY_RANGE.end()
+            ));
+        }
+        if self.token_block == 0 || self.token_block > crate::storage::SEQ_BLOCK {
+            return bad(format!(
+                "token_block {} must be between 1 and {}",
+                self.token_block,
+                crate::storage::SEQ_BLOCK
             ));
         }
         if self.max_batch == 0 || self.queue_capacity == 0 {
@@ -365,6 +375,15 @@ impl Builder {
     #[cfg(feature = "test-util")]
     pub fn clock(mut self, clock: crate::ManualClock) -> Self {
         self.config.clock = Clock::Manual(clock);
+        self
+    }
+
+    /// Fencing tokens reserved at a time (`test-util` feature; default and most 2^20). Each
+    /// reservation is a durable commit, in every durability mode; a small block makes tests
+    /// cross reservations often.
+    #[cfg(feature = "test-util")]
+    pub fn token_block(mut self, tokens: u64) -> Self {
+        self.config.token_block = tokens;
         self
     }
 

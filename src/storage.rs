@@ -447,7 +447,7 @@ fn open_and_load(
             });
         }
         next_seq = reserved.max(max_seq + 1);
-        seq_reserved = next_seq + SEQ_BLOCK;
+        seq_reserved = next_seq + config.token_block;
         meta.insert(M_SEQ, seq_reserved)?;
         // A checkpoint: whatever the log held is in this commit.
         meta.insert(M_LOG_GEN, next_generation)?;

@@ -520,7 +520,7 @@ impl Writer {
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.next_seq >= self.seq_reserved {
-            self.seq_reserved += storage::SEQ_BLOCK;
+            self.seq_reserved += self.shared.config.token_block;
         }
         seq
     }

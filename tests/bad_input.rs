@@ -245,6 +245,12 @@ mod config {
                 b().queue_capacity(usize::MAX),
                 "queue_capacity",
             ),
+            ("token_block zero", b().token_block(0), "token_block"),
+            (
+                "token_block above 2^20",
+                b().token_block((1 << 20) + 1),
+                "token_block",
+            ),
             (
                 "max_ttl above 2^32 - 1 ms",
                 b().max_ttl(MAX_TTL + Duration::from_millis(1)),
@@ -351,6 +357,7 @@ mod config {
                     .sweep_chunk(1 << 20),
             ),
             ("log_capacity 0 (no log)", Store::builder().log_capacity(0)),
+            ("token_block 1", Store::builder().token_block(1)),
         ];
         for (what, builder) in cases {
             let (_dir, path) = temp();

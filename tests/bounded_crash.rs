@@ -10,7 +10,10 @@
 //! - a completion acknowledged before the last flush replays its body;
 //! - a claim acknowledged before the last flush and not completed by then is still held (taken
 //!   over, flagged, since its process is gone) or completed with its own body;
-//! - any other key is fresh, held by a takeover, or replays its own body.
+//! - any other key is fresh, held by a takeover, or replays its own body;
+//! - every lease acquired after the crash has a fencing token above every token handed out
+//!   before it (tokens are reserved a few at a time here, 1 to 16, so runs cross many
+//!   reservations; each reservation is a durable commit).
 //!
 //! Half of the runs use a `max_delay` of 60 s (only flushes sync), half 2 ms (the writer
 //! thread's timer syncs too, at moments the test does not control; the checks above hold
@@ -42,9 +45,10 @@ fn body(i: usize) -> Vec<u8> {
     (0..len).map(|b| (b as u8) ^ (i as u8)).collect()
 }
 
-fn open(disk: &SimDisk, max_delay: Duration, clock: &ManualClock) -> Store {
+fn open(disk: &SimDisk, max_delay: Duration, clock: &ManualClock, tokens: u64) -> Store {
     Store::builder()
         .durability(Durability::Bounded { max_delay })
+        .token_block(tokens)
         .clock(clock.clone())
         .open_sim(disk)
         .expect("the store opens")
@@ -58,15 +62,20 @@ fn run(seed: u64) {
         Duration::from_millis(2)
     };
     let clock = ManualClock::new(1_741_953_600_000);
+    // Fencing tokens reserved a few at a time, so that runs cross many reservations.
+    let tokens = 1 + rng.below(16);
     let disk = SimDisk::new();
-    let store = open(&disk, max_delay, &clock);
+    let store = open(&disk, max_delay, &clock, tokens);
     let ops = 20 + rng.below(200) as usize;
     let mut acked: Vec<Acked> = Vec::new();
     let mut flushed: Vec<Acked> = Vec::new();
+    let mut last_token = 0;
     for i in 0..ops {
         let ClaimOutcome::Acquired(lease) = store.claim(&key(i), None).expect("claim") else {
             panic!("seed {seed}: key {i} is new");
         };
+        assert!(lease.token() > last_token, "seed {seed}: tokens go up");
+        last_token = lease.token();
         acked.push(Acked::Claimed);
         if rng.below(4) != 0 {
             store
@@ -82,10 +91,21 @@ fn run(seed: u64) {
     let crashed = disk.crash(rng.next_u64());
     drop(store);
 
-    let store = open(&crashed, max_delay, &clock);
+    let store = open(&crashed, max_delay, &clock, tokens);
     for (i, was) in acked.iter().enumerate() {
         let durable = flushed.get(i).copied();
         let answer = store.claim(&key(i), None).expect("claim after the crash");
+        // A lease acknowledged before the crash, even one the crash took back, must never
+        // share its fencing token with a lease acquired after it.
+        if let ClaimOutcome::Acquired(lease) = &answer {
+            assert!(
+                lease.token() > last_token,
+                "seed {seed} (IDEMSTORE_SEED={seed} IDEMSTORE_BOUNDED_CRASHES=1): key {i} got \
+                 token {} after the crash; tokens up to {last_token} were handed out before it \
+                 (reserved {tokens} at a time)",
+                lease.token()
+            );
+        }
         let ok = match (&answer, durable) {
             (ClaimOutcome::Replay(replay), _) => {
                 *was == Acked::Completed && replay.response.body == body(i)

@@ -97,6 +97,8 @@ fn open_store(
         .max_ttl(MAX_TTL)
         .quick_repair(quick_repair)
         .log_capacity(log)
+        // Fencing tokens reserved 8 at a time: crashes fall around reservations too.
+        .token_block(8)
         // Sweeps run as workload steps (`run_pending_expiry`): the timer never fires in the
         // life of a store here
         .sweep_interval(SWEEP_TICK)

@@ -102,6 +102,8 @@ impl Driver {
             .sweep_interval(Duration::from_millis(SWEEP_TICK_MS))
             // One caller: a short queue opens faster than the default 16,384 slots.
             .queue_capacity(64)
+            // Fencing tokens reserved 4 at a time: crashes and faults fall around reservations.
+            .token_block(4)
             // 16 one-block frames: the commit log fills and checkpoints every few steps.
             .log_capacity(64 << 10)
             .clock(self.clock.clone())
