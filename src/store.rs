@@ -545,3 +545,42 @@ impl Drop for Store {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// A panic in the writer thread's loop (outside a batch, whose panics have their own
+    /// guard) poisons the store; the caller whose operation it held gets `Closed`, every
+    /// later call `Poisoned`, and nothing waits forever, the store's drop included.
+    #[test]
+    fn a_panic_in_the_writer_loop_poisons_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("s.redb")).unwrap());
+        store.desk.panic_on_next_op.store(true, Ordering::Release);
+        // A caller waiting in line makes the next claim queue for the writer thread.
+        let in_line = store.desk.wait_in_line();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let caller = Arc::clone(&store);
+        let handle = std::thread::spawn(move || {
+            let _ = tx.send(caller.claim(&Key::new("t", "queued"), None));
+        });
+        let queued = rx.recv_timeout(Duration::from_secs(10)).expect("no answer");
+        handle.join().unwrap();
+        assert!(matches!(queued, Err(Error::Closed)), "{queued:?}");
+        drop(in_line);
+        let later = store.claim(&Key::new("t", "later"), None);
+        let Err(Error::Poisoned { reason }) = later else {
+            panic!("{later:?}")
+        };
+        assert!(reason.contains("writer thread panicked"), "{reason}");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            drop(Arc::into_inner(store).expect("the only handle"));
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the store's drop waits forever");
+    }
+}

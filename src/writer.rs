@@ -638,6 +638,9 @@ pub(crate) struct Desk {
     /// lone caller is not turned away).
     timer_tx: crossbeam_channel::Sender<()>,
     timer_rx: Receiver<()>,
+    /// Unit tests: the writer thread panics on taking its next operation from the queue.
+    #[cfg(test)]
+    pub(crate) panic_on_next_op: AtomicBool,
 }
 
 const NO_SYNC_DUE: u64 = u64::MAX;
@@ -657,6 +660,8 @@ impl Desk {
             recover_rx,
             timer_tx,
             timer_rx,
+            #[cfg(test)]
+            panic_on_next_op: AtomicBool::new(false),
         }
     }
 
@@ -780,6 +785,10 @@ impl Desk {
                 },
                 recv(self.timer_rx) -> _ => continue,
                 recv(rx) -> op => match op {
+                    #[cfg(test)]
+                    Ok(_) if self.panic_on_next_op.swap(false, Ordering::AcqRel) => {
+                        panic!("injected panic in the writer loop")
+                    }
                     Ok(op) => op,
                     Err(_) => break,
                 },
