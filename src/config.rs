@@ -19,7 +19,10 @@ pub enum Durability {
     /// A process crash or power loss can lose every operation acknowledged in the last
     /// `max_delay` before it; nothing acknowledged earlier. An I/O error loses nothing
     /// acknowledged: the store keeps the changes it has not synced yet (in memory, for at
-    /// most `max_delay`) and writes them again when it recovers. The sync runs on the store's
+    /// most `max_delay`) and writes them again when it recovers. If the disk still fails then
+    /// (after retries for about 1.5 s) the store is poisoned and keeps them in memory until it
+    /// is closed, when it tries once more: they are lost only if the disk still fails at
+    /// close (as in a crash; the close's `Poisoned` reason says which). The sync runs on the store's
     /// writer thread: a machine too busy to schedule it delays it by as much;
     /// [`Store::flush`](crate::Store::flush) makes everything acknowledged before it durable.
     /// A lost claim means a retry may run the action a second time; a lost completion means a

@@ -313,8 +313,11 @@ pub(crate) enum Reopen<'a> {
     /// The store opens: a new epoch (claims of earlier processes can be taken over at once).
     Start,
     /// The writer recovers from a failed commit: the same epoch; `rewrite` holds the rows of
-    /// the batches acknowledged since the last durable commit (bounded mode), written again.
-    Recovery { rewrite: &'a Changes },
+    /// the batches acknowledged since the last durable commit (bounded mode), written again,
+    /// unless the file's epoch is no longer `epoch`: another store opened the file since (it
+    /// was unlocked meanwhile), and its changes must not be written over. That answers
+    /// `Poisoned`.
+    Recovery { rewrite: &'a Changes, epoch: u32 },
 }
 
 /// Opens the database, checks its format, bumps the epoch (when `Reopen::Start`), reserves a new
@@ -398,7 +401,16 @@ fn open_and_load(
         }
         _ => false,
     };
-    if let Reopen::Recovery { rewrite } = reopen {
+    if let Reopen::Recovery { rewrite, epoch } = reopen {
+        let found = txn.open_table(META)?.get(M_EPOCH)?.map(|g| g.value());
+        if found != Some(u64::from(epoch)) {
+            return Err(Error::Poisoned {
+                reason: format!(
+                    "another store opened the file after the failed commit (epoch {found:?}, \
+                     this store's {epoch}); nothing was written over its changes"
+                ),
+            });
+        }
         rewrite_unsynced(&txn, config.layout, rewrite)?;
     }
     let (epoch, next_seq, seq_reserved, high_water, from_snapshot);

@@ -454,7 +454,8 @@ impl Writer {
         // A new block of fencing tokens is reserved durably, whatever the mode: tokens handed
         // out beyond a reservation that a crash loses would be handed out again.
         let durable = durable || self.seq_reserved != seq_before;
-        let synced = match self.commit(txn, &changes, durable) {
+        // Guarded here too: a panic inside redb's commit must keep this batch for recovery.
+        let synced = match storage::guard(|| self.commit(txn, &changes, durable)) {
             Ok(synced) => synced,
             Err(e) => {
                 // The commit itself failed, and may or may not have reached the file (a durable
@@ -552,15 +553,42 @@ impl Writer {
 
     /// Drops the database after a failed commit, reopens it and rebuilds the directory from
     /// disk; poisons the store when that fails.
+    ///
+    /// In bounded mode the rows acknowledged since the last sync ([`Writer::unsynced`]) exist
+    /// only in memory meanwhile: recovery writes them again, retries a failing disk for a
+    /// while (`RECOVERY_RETRIES`), and when it gives up keeps them for the store's close
+    /// ([`Writer::rescue_unsynced`]), which tries once more.
     fn recover(&mut self) {
         let shared = Arc::clone(&self.shared);
         let old = shared.take_database();
         drop(old);
         self.log = None;
         self.unsynced_since = None;
-        let unsynced = std::mem::take(&mut self.unsynced);
-        let mut last = None;
-        for attempt in 0..50 {
+        let keeps_acks = !self.unsynced.is_empty();
+        let result = self.reopen(if keeps_acks { RECOVERY_RETRIES } else { 0 });
+        match result {
+            Ok(()) => warn!("reopened the store after a failed commit"),
+            Err(e) => {
+                let mut reason = format!("reopening after a failed commit failed: {e}");
+                if keeps_acks {
+                    reason.push_str(
+                        "; the operations acknowledged since the last sync are kept in memory \
+                         and written when the store is closed, if the disk allows it by then",
+                    );
+                }
+                warn!("{reason}");
+                shared.poison(reason);
+            }
+        }
+    }
+
+    /// Opens the file again after a failure (writing [`Writer::unsynced`] again) and installs
+    /// it; retries an open the old database still holds, and `io_retries` times (with a
+    /// growing pause) an open that fails otherwise.
+    fn reopen(&mut self, io_retries: u32) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        let mut failures = 0;
+        for attempt in 0.. {
             // Load into a directory of its own and swap it in only once the reopen succeeded:
             // callers keep reading the old one meanwhile, and keep it if recovery fails.
             let fresh = Index::new();
@@ -569,10 +597,14 @@ impl Writer {
                 &shared.target,
                 &shared.config,
                 &shared.seeds,
-                storage::Reopen::Recovery { rewrite: &unsynced },
+                storage::Reopen::Recovery {
+                    rewrite: &self.unsynced,
+                    epoch: shared.epoch,
+                },
             );
             match reopened {
                 Ok(mut opened) => {
+                    self.unsynced.clear();
                     self.log = opened.log.take();
                     shared.index.replace_with(fresh);
                     self.next_seq = opened.next_seq;
@@ -582,27 +614,43 @@ impl Writer {
                     if let Some(sweep) = &shared.sweep {
                         sweep.rescan();
                     }
-                    warn!("reopened the store after a failed commit");
-                    return;
+                    return Ok(());
                 }
                 // A reader may still hold the old database for a moment.
                 Err(Error::AlreadyOpen) if attempt < 49 => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
-                Err(e) => {
-                    last = Some(e);
-                    break;
+                Err(Error::Storage(_) | Error::Io(_)) if failures < io_retries => {
+                    std::thread::sleep(Duration::from_millis(50) * 2u32.pow(failures));
+                    failures += 1;
                 }
+                Err(e) => return Err(e),
             }
         }
-        let reason = format!(
-            "reopening after a failed commit failed: {}",
-            last.map_or_else(|| "the file stayed locked".to_string(), |e| e.to_string())
-        );
-        warn!("{reason}");
-        shared.poison(reason);
+        unreachable!("the loop returns")
+    }
+
+    /// At close, after a recovery that failed in bounded mode: writes the operations
+    /// acknowledged since the last sync, which only memory holds, if the disk allows it now
+    /// (and no other store opened the file since: see `Reopen::Recovery`). Either way the store
+    /// stays poisoned; its reason says what became of them.
+    fn rescue_unsynced(&mut self) {
+        if self.unsynced.is_empty() || self.shared.database().is_some() {
+            return;
+        }
+        let outcome = match self.reopen(0) {
+            Ok(()) => "at close they were written".to_string(),
+            Err(e) => format!("at close writing them failed too, so they are lost: {e}"),
+        };
+        warn!("operations acknowledged since the last sync: {outcome}");
+        let reason = self.shared.poison_reason().unwrap_or_default();
+        self.shared.poison(format!("{reason}; {outcome}"));
     }
 }
+
+/// Reopens tried after a failure other than a lock, in bounded mode with acknowledged
+/// operations to write again (pauses of 50 ms doubling: 1.55 s in all).
+const RECOVERY_RETRIES: u32 = 5;
 
 /// The writer's state and the queue to it, shared by the writer thread and the callers.
 ///
@@ -831,6 +879,7 @@ impl Desk {
         }
         let mut writer = self.writer.lock();
         writer.recover_if_due();
+        writer.rescue_unsynced();
         if writer.unsynced_since.is_some() {
             writer.sync();
         }

@@ -36,7 +36,9 @@
 //!
 //! `Durability::Bounded` has tests of its own (`bounded_mode_*`): an I/O error in a flush's sync
 //! or in a later batch's commit takes back nothing acknowledged before it, recovery never
-//! writes older batches over a failed one, and the changes kept for recovery stay bounded.
+//! writes older batches over a failed one, and the changes kept for recovery stay bounded; a
+//! fault that outlasts the recovery (a full disk too) loses nothing once healed before the
+//! close, and the close's rescue never writes over the changes of a store opened meanwhile.
 //!
 //! Knobs: `IDEMSTORE_FAULT_STRIDE` (run only every `k`-th `fail_from` point beyond the first
 //! 40; default 1, all of them).
@@ -49,7 +51,9 @@ use ack_model::{
     take_errors,
 };
 use idemstore::sim_disk::{FaultSwitch, FaultyFile, Op, SimDisk};
-use idemstore::{Builder, ClaimOutcome, Error, Fingerprint, Key, ManualClock, Response, Store};
+use idemstore::{
+    Builder, ClaimOutcome, Durability, Error, Fingerprint, Key, ManualClock, Response, Store,
+};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -168,13 +172,14 @@ impl Disk for SimDisk {
 struct FileDisk {
     path: std::path::PathBuf,
     switch: FaultSwitch,
+    durability: Durability,
 }
 
 impl Disk for FileDisk {
     fn open(&self, clock: &ManualClock) -> Result<Store, Error> {
         let (path, switch) = (self.path.clone(), self.switch.clone());
         let (log, log_switch) = (idemstore_log_path(&path), self.switch.clone());
-        builder(clock).open_backends(
+        builder(clock).durability(self.durability).open_backends(
             move || FaultyFile::open(&path, switch.clone()).expect("open the store file"),
             move || FaultyFile::open(&log, log_switch.clone()).expect("open the log file"),
         )
@@ -574,11 +579,27 @@ fn a_disk_that_fails_for_good_poisons_the_store() {
 /// acknowledged work is all there, through `FaultyFile` and through a plain open of the file.
 #[test]
 fn a_full_disk_loses_no_acknowledged_work() {
+    full_disk(Durability::Immediate);
+}
+
+/// The same in bounded mode. Recovery's own durable commit needs space too: when it fails,
+/// the operations acknowledged since the last sync stay in memory and the store writes them at
+/// close (here once space is back). Failed before that fix: the fourth recovery failed with
+/// `StorageFull` and an acknowledged completion was gone after the reopen.
+#[test]
+fn bounded_mode_a_full_disk_loses_no_acknowledged_work() {
+    full_disk(Durability::Bounded {
+        max_delay: Duration::from_secs(60),
+    });
+}
+
+fn full_disk(durability: Durability) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("idem.redb");
     let disk = FileDisk {
         path: path.clone(),
         switch: FaultSwitch::new(),
+        durability,
     };
     let panics = panic_count();
     let mut w = Workload::new(&disk);
@@ -1040,4 +1061,117 @@ fn counting_and_sweeping_during_recovery_wait_for_it() {
 
 fn acquired_lease(store: &Store, key: &str) -> idemstore::Lease {
     lease_of(store.claim(&Key::new("t", key), None).unwrap())
+}
+
+/// `Durability::Bounded`: a fault that outlasts the recovery (its own durable commit fails
+/// too) poisons the store, which keeps the operations acknowledged since the last sync in
+/// memory and writes them when it is closed. Once the disk is healed before the close,
+/// nothing acknowledged is lost; if it still fails at close, the close says they are lost.
+/// Failed before the fix: the completion was gone after the reopen.
+#[test]
+fn bounded_mode_a_fault_outlasting_recovery_loses_nothing_once_healed() {
+    for heal_before_close in [true, false] {
+        let disk = SimDisk::new();
+        let store = bounded_store(&disk, None);
+        let (held, done) = (Key::unscoped("held"), Key::unscoped("done"));
+        let lease = lease_of(store.claim(&held, None).unwrap());
+        let other = lease_of(store.claim(&done, None).unwrap());
+        let body = Response::new(200).body(b"hello".to_vec());
+        store.complete(&other, body.clone()).unwrap();
+        disk.fail_from(Op::Write, 1);
+        assert!(store.flush().is_err());
+        // The writer recovers (and fails) before it answers the next flush.
+        let Err(Error::Poisoned { reason }) = store.flush() else {
+            panic!("a disk failing every write did not poison the store")
+        };
+        assert!(reason.contains("kept in memory"), "{reason}");
+        if heal_before_close {
+            disk.heal();
+        }
+        let Err(Error::Poisoned { reason }) = store.close() else {
+            panic!("a poisoned store closed Ok")
+        };
+        if heal_before_close {
+            assert!(reason.contains("at close they were written"), "{reason}");
+        } else {
+            assert!(reason.contains("so they are lost"), "{reason}");
+            disk.heal();
+        }
+        let store = bounded_store_on(&disk);
+        let replayed = store.claim(&done, None).unwrap();
+        let again = store.claim(&held, None).unwrap();
+        if heal_before_close {
+            assert!(
+                matches!(&replayed, ClaimOutcome::Replay(r) if r.response == body),
+                "an acknowledged completion was lost: {replayed:?}"
+            );
+            // Held by the earlier process's lease: taken over, with a later token.
+            assert!(
+                matches!(&again, ClaimOutcome::Acquired(l) if l.is_takeover() && l.token() > lease.token()),
+                "an acknowledged claim was lost: {again:?}"
+            );
+        } else {
+            // Lost as in a power loss: gone entirely, never altered.
+            assert!(
+                matches!(&replayed, ClaimOutcome::Acquired(l) if !l.is_takeover()),
+                "{replayed:?}"
+            );
+        }
+    }
+}
+
+/// Recovery writes the acknowledged-but-unsynced operations of a poisoned bounded-mode store
+/// only if no other store opened the file since (the file is unlocked while poisoned): never
+/// over another store's changes. (Without that check, here, the stale record is written beside
+/// the other store's and lingers; the other store's wins on its later token.)
+#[test]
+fn bounded_mode_recovery_at_close_never_writes_over_another_stores_changes() {
+    let disk = SimDisk::new();
+    let store = bounded_store(&disk, None);
+    let key = Key::unscoped("k");
+    let lease = lease_of(store.claim(&key, None).unwrap());
+    store
+        .complete(&lease, Response::new(200).body(b"first".to_vec()))
+        .unwrap();
+    disk.fail_from(Op::Write, 1);
+    assert!(store.flush().is_err());
+    assert!(matches!(store.flush(), Err(Error::Poisoned { .. })));
+    disk.heal();
+    // Another store opens the file meanwhile: the completion above is not on disk; the key is
+    // claimed and completed afresh there.
+    let second = bounded_store_on(&disk);
+    // A shorter lifetime: its record sorts before the first one's in the file.
+    let lease2 = lease_of(
+        second
+            .claim_with_ttl(&key, None, Duration::from_secs(60))
+            .unwrap(),
+    );
+    second
+        .complete(&lease2, Response::new(201).body(b"second".to_vec()))
+        .unwrap();
+    second.close().unwrap();
+    let Err(Error::Poisoned { reason }) = store.close() else {
+        panic!("a poisoned store closed Ok")
+    };
+    let store = bounded_store_on(&disk);
+    let answer = store.claim(&key, None).unwrap();
+    assert!(
+        matches!(&answer, ClaimOutcome::Replay(r) if r.response.body == b"second"),
+        "the other store's acknowledged completion was overwritten: {answer:?}"
+    );
+    // Without the check the stale record lands beside the other store's (which wins on its
+    // later token) and lingers.
+    assert_eq!(
+        store.records_on_disk().unwrap(),
+        1,
+        "a stale record was written"
+    );
+    assert!(reason.contains("another store opened the file"), "{reason}");
+}
+
+/// A bounded-mode store on an existing disk.
+fn bounded_store_on(disk: &SimDisk) -> Store {
+    bounded_builder(&ManualClock::new(T0))
+        .open_sim(disk)
+        .expect("reopen")
 }
