@@ -43,6 +43,9 @@ pub struct Stats {
     pub syncs: u64,
     /// Commits that failed (their operations got `OutcomeUnknown`).
     pub failed_commits: u64,
+    /// Reopens of the file after a failed commit that succeeded (the store went on); while
+    /// one runs, calls wait for it.
+    pub recoveries: u64,
     /// Durable commits of the store file that emptied the commit log (the log was full).
     pub checkpoints: u64,
     /// Keys the open read from the directory snapshot of the last clean close (0: it scanned
@@ -80,6 +83,7 @@ pub(crate) struct Counters {
     pub(crate) claims_waited_for_commit: AtomicU64,
     pub(crate) syncs: AtomicU64,
     pub(crate) failed_commits: AtomicU64,
+    pub(crate) recoveries: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
     pub(crate) keys_from_snapshot: AtomicU64,
 }
@@ -117,6 +121,7 @@ impl Counters {
             claims_waited_for_commit: self.claims_waited_for_commit.load(Relaxed),
             syncs: self.syncs.load(Relaxed),
             failed_commits: self.failed_commits.load(Relaxed),
+            recoveries: self.recoveries.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
             keys_from_snapshot: self.keys_from_snapshot.load(Relaxed),
             live_keys,

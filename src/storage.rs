@@ -352,7 +352,7 @@ fn open_and_load(
     let db = open_db(target, creation.take_file(), config)?;
     // Only now, holding the database's lock.
     let log_file = open_log(target, creation, config)?;
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
     let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>> {
         Ok(meta.get(k)?.map(|g| g.value()))
     };
@@ -412,6 +412,15 @@ fn open_and_load(
             });
         }
         rewrite_unsynced(&txn, config.layout, rewrite)?;
+        // Durable before the directory is loaded (a scan of every record): a crash meanwhile
+        // must not lose acknowledgements already waiting since a failed sync. (Not when log
+        // frames were replayed into this transaction: they commit with the checkpoint below.
+        // Bounded mode, the only one with rows to write again, replays none here: its open
+        // started a new log generation.)
+        if !rewrite.is_empty() && !replayed {
+            commit(txn, config, true)?;
+            txn = db.begin_write()?;
+        }
     }
     let (epoch, next_seq, seq_reserved, high_water, from_snapshot);
     let next_generation = log::new_generation();

@@ -567,7 +567,10 @@ impl Writer {
         let keeps_acks = !self.unsynced.is_empty();
         let result = self.reopen(if keeps_acks { RECOVERY_RETRIES } else { 0 });
         match result {
-            Ok(()) => warn!("reopened the store after a failed commit"),
+            Ok(()) => {
+                Counters::bump(&shared.counters.recoveries);
+                warn!("reopened the store after a failed commit");
+            }
             Err(e) => {
                 let mut reason = format!("reopening after a failed commit failed: {e}");
                 if keeps_acks {
