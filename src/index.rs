@@ -236,13 +236,14 @@ impl Index {
         self.shard(digest).lock().get(&Filed::of(digest)).copied()
     }
 
-    pub(crate) fn set(&self, digest: u128, slot: Option<Slot>) {
+    pub(crate) fn set(&self, digest: u128, slot: Option<Slot>) -> Option<Slot> {
         let mut shard = self.shard(digest).lock();
         let old = match slot {
             Some(s) => shard.insert(Filed::of(digest), s),
             None => shard.remove(&Filed::of(digest)),
         };
         self.count(old.as_ref(), slot.as_ref());
+        old
     }
 
     /// Keeps `in_flight` in step with a slot replaced by another.

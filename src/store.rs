@@ -523,6 +523,9 @@ impl Store {
     }
 
     fn shutdown(&mut self) {
+        if let Some(sweep) = &self.shared.sweep {
+            sweep.stop();
+        }
         drop(self.sweeper_stop.take());
         if let Some(handle) = self.sweeper.take()
             && handle.join().is_err()

@@ -6,8 +6,9 @@
 //!
 //! - The durable expiry order is the record table itself, keyed by `(expires_at, seq)`.
 //! - A hierarchical [`Wheel`] holds the records that expire before `horizon_end` (a near-future
-//!   horizon, one hour ahead by default). The writer schedules every record it publishes that
-//!   falls inside the horizon; a pass that moves the horizon scans the newly covered span of
+//!   horizon, one hour ahead by default). The writer schedules every record it publishes at a
+//!   new place (expiry, token) that falls inside the horizon (one rewritten in place, by a renew
+//!   or a complete, is in the wheel already, or in the span a scan will cover); a pass that moves the horizon scans the newly covered span of
 //!   the table (in chunks of short read transactions) and schedules what it finds. After a
 //!   reopen the first pass scans from the start of the table, so records that fell due while
 //!   the store was closed are reclaimed first. So does the first pass after the writer recovered
@@ -31,7 +32,7 @@ use crate::wheel::Wheel;
 use crate::writer::Op;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// One scheduled expiry: the record at `(expires_at, token)` of the key with `digest`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,9 @@ pub(crate) struct Sweep {
     pub(crate) expired: AtomicU64,
     pub(crate) lag_ms: AtomicU64,
     pub(crate) backlog: AtomicU64,
+    /// The store is closing: a pass stops between chunks (what is left is found again by the
+    /// next open's first pass, which scans the whole table).
+    stopping: AtomicBool,
 }
 
 struct SweepState {
@@ -77,6 +81,7 @@ impl Sweep {
             expired: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -109,6 +114,12 @@ impl Sweep {
     /// records nobody scheduled (the wheel keeps its entries; a second firing finds nothing).
     pub(crate) fn rescan(&self) {
         self.state.lock().horizon_end = 0;
+    }
+
+    /// Makes a pass in progress stop after its current chunk, and later ones at once: the store
+    /// is closing, and must not wait for a backlog of millions of records to drain.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Relaxed);
     }
 
     /// Entries held by the wheel (scheduled, due or not).
@@ -144,6 +155,9 @@ impl Sweep {
         }
         let mut reclaimed = 0;
         loop {
+            if self.stopping.load(Relaxed) {
+                break;
+            }
             let mut fired = Vec::with_capacity(self.chunk);
             let more = {
                 let mut st = self.state.lock();
@@ -199,6 +213,11 @@ impl Sweep {
                 crate::storage::scan_expiry(&db, cursor, to, SCAN_CHUNK, &shared.seeds)
             })?;
             let full = rows.len() == SCAN_CHUNK;
+            if full && self.stopping.load(Relaxed) {
+                // Closing: the rest of the span is for the next open's first pass to scan.
+                self.rescan();
+                return Ok(());
+            }
             if let Some(last) = rows.last() {
                 cursor = (last.expires_at, last.token.saturating_add(1));
             }

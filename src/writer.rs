@@ -166,6 +166,9 @@ pub(crate) struct Writer {
     log: Option<Log>,
     /// A caller's batch, kept for its allocation.
     batch: Vec<Op>,
+    /// The records a batch published at a new place (expiry, token), for the sweeper; kept
+    /// for its allocation.
+    moved: Vec<(u128, Option<Slot>)>,
     /// The last batch's commit failed: the writer thread must recover before the next commit.
     recovery_due: bool,
 }
@@ -184,6 +187,7 @@ impl Writer {
             marked: Vec::new(),
             log: opened.log.take(),
             batch: Vec::new(),
+            moved: Vec::new(),
             recovery_due: false,
         }
     }
@@ -302,13 +306,23 @@ impl Writer {
         match result {
             Ok((overlay, synced, changes)) => {
                 let shared = &Arc::clone(&self.shared);
+                // Records rewritten in place (a renew, a complete: same expiry, same token) are
+                // scheduled already, or will be found by the scan that covers their expiry:
+                // scheduling them again would grow the wheel with every operation.
+                let mut moved = std::mem::take(&mut self.moved);
                 for (&digest, &slot) in &overlay {
-                    shared.index.set(digest, slot);
+                    let old = shared.index.set(digest, slot);
+                    let place = |s: Slot| (s.expires_at(), s.token());
+                    if old.map(place) != slot.map(place) {
+                        moved.push((digest, slot));
+                    }
                 }
                 self.settle();
                 if let Some(sweep) = &shared.sweep {
-                    sweep.schedule_published(overlay.iter());
+                    sweep.schedule_published(moved.iter().map(|(d, s)| (d, s)));
                 }
+                moved.clear();
+                self.moved = moved;
                 Counters::bump(&shared.counters.batches_committed);
                 shared
                     .counters
@@ -867,10 +881,9 @@ impl Desk {
             let first_is_sweep = matches!(first, Op::Sweep { .. });
             batch.push(first);
             writer.gather(&mut batch, rx);
-            if !first_is_sweep
-                && batch.len() < writer.shared.config.max_batch
-                && let Ok(op) = sweeps.try_recv()
-            {
+            // One sweep chunk joins every batch, full or not: under sustained load the queue
+            // always fills a batch, and expiry must not wait for a lull.
+            if !first_is_sweep && let Ok(op) = sweeps.try_recv() {
                 batch.push(op);
             }
             writer.process_guarded(&mut batch);

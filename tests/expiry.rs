@@ -3,7 +3,9 @@
 
 use idemstore::{ClaimOutcome, Durability, Key, ManualClock, Response, Store};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 const START: u64 = 1_750_000_000_000;
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -262,4 +264,165 @@ fn expired_records_are_reclaimed_after_a_failed_expiry_scan() {
     }
     assert_eq!(store.run_pending_expiry().unwrap(), 100);
     assert_eq!(store.records_on_disk().unwrap(), 0);
+}
+
+const MIN: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Failed before the fix (a review finding). Every renew (and every complete) of a record that expires within the sweep
+/// horizon scheduled the same (digest, token, expires_at) in the timing wheel again: the wheel
+/// grew with the number of operations, not with the number of live records. A worker that
+/// renews its lease every few seconds on a record with a short ttl (or in the last hour of a
+/// 24 h one) adds an entry per renew, kept until the record expires.
+#[test]
+fn renewing_one_key_does_not_grow_the_sweep_wheel() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START);
+    let store = Store::builder()
+        .clock(clock.clone())
+        .ttl(HOUR / 2) // inside the 1 h horizon, as every record of a short-ttl store is
+        .lease(Duration::from_secs(10))
+        .sweep_interval(HOUR) // no background pass: the test drives the sweeper
+        .durability(Durability::Bounded {
+            max_delay: Duration::from_millis(50),
+        })
+        .open(dir.path().join("s.redb"))
+        .unwrap();
+    // The first pass sets the horizon, from which on the writer schedules what it publishes.
+    store.run_pending_expiry().unwrap();
+    let mut lease = acquire(&store, &Key::new("t", "long-job"));
+    for _ in 0..20_000 {
+        store.renew(&mut lease).unwrap();
+    }
+    let s = store.stats();
+    assert_eq!(s.live_keys, 1);
+    assert!(
+        s.sweep_scheduled <= 2,
+        "one live record, {} sweep-wheel entries (one per renew)",
+        s.sweep_scheduled
+    );
+}
+
+/// Failed before the fix (a review finding). Closing (or dropping) a store waited for the
+/// sweeper's pass in progress to finish, and a pass drained the whole backlog before it looked
+/// at the stop signal: the close
+/// of a store holding a large overdue backlog (the first minutes after a long downtime) takes
+/// as long as the whole drain (1 M records: ~4-7 s by the expiry bench; 10 M: most of a minute,
+/// past many orchestrators' kill timeout, which then also costs the directory snapshot).
+#[test]
+fn close_does_not_wait_for_the_whole_sweep_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::new(START);
+    let n: u64 = 10_000;
+    let open = |chunk: usize, interval: Duration| {
+        Store::builder()
+            .clock(clock.clone())
+            .ttl(MIN)
+            .lease(Duration::from_secs(1))
+            .sweep_interval(interval)
+            .sweep_chunk(chunk)
+            .durability(Durability::Bounded {
+                max_delay: Duration::from_millis(20),
+            })
+            .open(&path)
+            .unwrap()
+    };
+    {
+        let store = open(1024, HOUR);
+        for i in 0..n {
+            let lease = acquire(&store, &Key::new("t", i.to_le_bytes()));
+            store.complete(&lease, Response::new(200)).unwrap();
+        }
+        store.close().unwrap();
+    }
+    clock.advance(DAY);
+    // Small chunks: the backlog is 10,000 sweep commits.
+    let store = open(1, Duration::from_millis(1));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.stats().keys_expired == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the background sweeper never ran"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    store.close().unwrap();
+    let store = open(1024, HOUR);
+    let left = store.records_on_disk().unwrap();
+    assert!(
+        left > 0,
+        "close returned only after the sweeper had drained all {n} overdue records"
+    );
+}
+
+/// Failed before the fix (a review finding; 4 runs of 4). The writer thread takes operations
+/// from the callers' queue first and added a sweep chunk to a batch only when the batch was
+/// not full (`batch.len() < max_batch`). While the queue always holds `max_batch` operations
+/// (sustained load with `max_batch` or more callers waiting; with `max_batch(1)`, any two), no
+/// sweep chunk ever runs: expired records are never reclaimed and expired in-flight ones keep
+/// counting against `max_in_flight`.
+#[test]
+fn sustained_load_does_not_starve_the_sweeper() {
+    // A real disk: commits take an fdatasync, so the queue stays full (on tmpfs callers are
+    // too slow to keep it full and the sweeper gets its turns).
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START);
+    let store = Arc::new(
+        Store::builder()
+            .clock(clock.clone())
+            .ttl(MIN)
+            .lease(Duration::from_secs(1))
+            .max_batch(1)
+            .sweep_chunk(1)
+            .sweep_interval(HOUR)
+            .open(dir.path().join("s.redb"))
+            .unwrap(),
+    );
+    for i in 0..50u64 {
+        let lease = acquire(&store, &Key::new("old", i.to_le_bytes()));
+        store.complete(&lease, Response::new(200)).unwrap();
+    }
+    clock.advance(HOUR);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let load: Vec<_> = (0..16u64)
+        .map(|t| {
+            let (store, stop, ops) = (Arc::clone(&store), Arc::clone(&stop), Arc::clone(&ops));
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Fresh keys: every claim goes to the writer.
+                    let key = Key::new(format!("load{t}"), i.to_le_bytes());
+                    if let Ok(ClaimOutcome::Acquired(lease)) = store.claim(&key, None) {
+                        let _ = store.release(&lease);
+                    }
+                    ops.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // Let the load build up, then sweep while it runs.
+    while ops.load(Ordering::Relaxed) < 200 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || {
+            let _ = tx.send(store.run_pending_expiry());
+        });
+    }
+    let swept = rx.recv_timeout(Duration::from_secs(15));
+    let during = ops.load(Ordering::Relaxed);
+    let expired = store.stats().keys_expired;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let swept = swept.unwrap_or_else(|_| {
+        panic!("50 expired records not swept in 15 s under load: {expired} swept, {during} claims served meanwhile")
+    });
+    assert_eq!(swept.unwrap(), 50);
 }
