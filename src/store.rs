@@ -573,6 +573,15 @@ mod tests {
         handle.join().unwrap();
         assert!(matches!(queued, Err(Error::Closed)), "{queued:?}");
         drop(in_line);
+        // The answer goes out as the panic unwinds; the guard poisons the store right after.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.shared.poison_reason().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store was never poisoned"
+            );
+            std::thread::yield_now();
+        }
         let later = store.claim(&Key::new("t", "later"), None);
         let Err(Error::Poisoned { reason }) = later else {
             panic!("{later:?}")

@@ -57,6 +57,10 @@ const SLOT_BITS: usize = 6;
 const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 /// Ticks covered by the whole wheel (`64^6`); farther entries are clamped.
 pub(crate) const WHEEL_RANGE: u64 = 1 << (SLOT_BITS * LEVELS);
+/// A buffer (slot, due queue, carry) emptied with more room than this many entries gives its
+/// memory back: a backlog of millions of records passes through once, and must not keep its
+/// peak allocated for the life of the store.
+const KEEP_CAPACITY: usize = 4096;
 
 /// The level an entry due at `when` belongs to while the wheel is at
 /// `elapsed`: the level holding the highest bit in which the two differ,
@@ -186,6 +190,9 @@ impl<T> Wheel<T> {
         let n = max.min(self.due.len());
         out.extend(self.due.drain(..n));
         self.len -= n;
+        if self.due.is_empty() && self.due.capacity() > KEEP_CAPACITY {
+            self.due = VecDeque::new();
+        }
         !self.due.is_empty()
     }
 
@@ -245,7 +252,9 @@ impl<T> Wheel<T> {
         for (when, item) in carry.drain(..) {
             self.place(when, item);
         }
-        self.carry = carry;
+        if carry.capacity() <= KEEP_CAPACITY {
+            self.carry = carry;
+        }
     }
 
     /// Empties every slot of `level` whose deadline is `<= now`: entries due
@@ -261,12 +270,16 @@ impl<T> Wheel<T> {
             }
             let lvl = &mut self.levels[level];
             lvl.occupied &= !(1 << slot);
-            for (when, item) in lvl.slots[slot].drain(..) {
+            let mut entries = std::mem::take(&mut lvl.slots[slot]);
+            for (when, item) in entries.drain(..) {
                 if when <= now {
                     self.due.push_back((when, item));
                 } else {
                     carry.push((when, item));
                 }
+            }
+            if entries.capacity() <= KEEP_CAPACITY {
+                self.levels[level].slots[slot] = entries;
             }
         }
     }
@@ -578,5 +591,56 @@ mod tests {
             let when = elapsed.wrapping_add(delta);
             prop_assert_eq!(level_for(elapsed, when), level_oracle(elapsed, when));
         }
+    }
+}
+
+#[cfg(test)]
+mod memory {
+    use super::*;
+
+    /// Bytes the wheel keeps allocated for entries (slots, due queue, carry buffer).
+    fn allocated<T>(w: &Wheel<T>) -> usize {
+        let entry = std::mem::size_of::<(u64, T)>();
+        let slots: usize = w
+            .levels
+            .iter()
+            .flat_map(|l| l.slots.iter())
+            .map(Vec::capacity)
+            .sum();
+        (slots + w.due.capacity() + w.carry.capacity()) * entry
+    }
+
+    /// A backlog (the first pass after a reopen that finds millions of overdue records, or a
+    /// forward clock step) goes through the wheel once; once handed out, its memory is given
+    /// back. Failed before (a review finding): an empty wheel kept 96 MB after 1 M entries,
+    /// about 1 GB after 10 M, for the life of the store.
+    #[test]
+    fn a_drained_backlog_gives_its_memory_back() {
+        // As the sweeper uses it: a fresh wheel at tick 0, a scan schedules records around
+        // tick 1.75e9 (1 s ticks), then passes hand them out a chunk at a time.
+        use crate::sweeper::Due;
+        let mut w: Wheel<Due> = Wheel::new(0);
+        let now = 1_750_000_000u64;
+        let n = 1_000_000u64;
+        for i in 0..n {
+            let due = Due {
+                digest: u128::from(i),
+                token: i,
+                expires_at: (now - 86_400 + i % 86_400) * 1000,
+            };
+            w.schedule(now - 86_400 + i % 86_400, due);
+        }
+        let mut out = Vec::new();
+        while w.advance_bounded(now, 1024, &mut out) {
+            out.clear();
+        }
+        out.clear();
+        assert!(w.is_empty());
+        let kept = allocated(&w);
+        assert!(
+            kept < 1 << 20,
+            "an empty wheel keeps {} MB allocated after a 1 M-entry backlog",
+            kept >> 20
+        );
     }
 }
