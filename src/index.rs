@@ -625,7 +625,7 @@ mod memory {
         assert!(
             buckets < 10_000,
             "10 live keys, {buckets} buckets kept from the spike (~{} MB)",
-            buckets * 49 >> 20
+            (buckets * 49) >> 20
         );
     }
 }
