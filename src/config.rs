@@ -22,7 +22,9 @@ pub enum Durability {
     /// most `max_delay`) and writes them again when it recovers. If the disk still fails then
     /// (after retries for about 1.5 s) the store is poisoned and keeps them in memory until it
     /// is closed, when it tries once more: they are lost only if the disk still fails at
-    /// close (as in a crash; the close's `Poisoned` reason says which). The sync runs on the store's
+    /// close (as in a crash; the close's `Poisoned` reason says which), or if another store
+    /// opened the file meanwhile (see [`Error::Poisoned`](crate::Error::Poisoned): drop a
+    /// poisoned store before opening its file again). The sync runs on the store's
     /// writer thread: a machine too busy to schedule it delays it by as much;
     /// [`Store::flush`](crate::Store::flush) makes everything acknowledged before it durable.
     /// A lost claim means a retry may run the action a second time; a lost completion means a

@@ -54,6 +54,13 @@ pub enum Error {
     },
     /// The store hit a storage failure it could not recover from and refuses all operations.
     /// Drop it and open the file again once the cause (disk full, I/O error) is fixed.
+    ///
+    /// Drop (or close) it *before* opening the file again: with
+    /// [`Durability::Bounded`](crate::Durability::Bounded) a poisoned store may hold operations
+    /// acknowledged since the last sync in memory, which it writes when it is closed; the file
+    /// is unlocked meanwhile, and a store opened on it while the poisoned one is alive does not
+    /// see them (they are then lost, and the poisoned store's close says so). So not
+    /// `store = Store::open(&path)?`, which opens the new store before the old one is dropped.
     Poisoned {
         /// What failed.
         reason: String,

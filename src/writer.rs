@@ -587,10 +587,15 @@ impl Writer {
             }
             Err(e) => {
                 let mut reason = format!("reopening after a failed commit failed: {e}");
-                if keeps_acks {
+                if keeps_acks && matches!(e, Error::Poisoned { .. }) {
+                    // Another store opened the file: never to be written over its changes.
+                    self.unsynced.clear();
+                    reason.push_str("; the operations acknowledged since the last sync are lost");
+                } else if keeps_acks {
                     reason.push_str(
                         "; the operations acknowledged since the last sync are kept in memory \
-                         and written when the store is closed, if the disk allows it by then",
+                         and written when the store is closed, if the disk allows it by then \
+                         (drop this store before opening the file again)",
                     );
                 }
                 warn!("{reason}");
