@@ -20,7 +20,7 @@ pub enum Durability {
     /// `max_delay` before it; nothing acknowledged earlier. An I/O error loses nothing
     /// acknowledged: the store keeps the changes it has not synced yet (in memory, for at
     /// most `max_delay`) and writes them again when it recovers. If the disk still fails then
-    /// (after retries for about 1.5 s) the store is poisoned and keeps them in memory until it
+    /// the store is poisoned and keeps them in memory until it
     /// is closed, when it tries once more: they are lost only if the disk still fails at
     /// close (as in a crash; the close's `Poisoned` reason says which), or if another store
     /// opened the file meanwhile (see [`Error::Poisoned`](crate::Error::Poisoned): drop a

@@ -569,9 +569,10 @@ impl Writer {
     /// disk; poisons the store when that fails.
     ///
     /// In bounded mode the rows acknowledged since the last sync ([`Writer::unsynced`]) exist
-    /// only in memory meanwhile: recovery writes them again, retries a failing disk for a
-    /// while (`RECOVERY_RETRIES`), and when it gives up keeps them for the store's close
-    /// ([`Writer::rescue_unsynced`]), which tries once more.
+    /// only in memory meanwhile: recovery writes them again, and when it fails keeps them for
+    /// the store's close ([`Writer::rescue_unsynced`]), which tries once more. (No timed
+    /// retries in between: they would hold every caller, and a close, for as long as they
+    /// wait, when the fault lasts; the close's attempt comes when the operator is done.)
     fn recover(&mut self) {
         let shared = Arc::clone(&self.shared);
         let old = shared.take_database();
@@ -579,7 +580,7 @@ impl Writer {
         self.log = None;
         self.unsynced_since = None;
         let keeps_acks = !self.unsynced.is_empty();
-        let result = self.reopen(if keeps_acks { RECOVERY_RETRIES } else { 0 });
+        let result = self.reopen();
         match result {
             Ok(()) => {
                 Counters::bump(&shared.counters.recoveries);
@@ -605,11 +606,9 @@ impl Writer {
     }
 
     /// Opens the file again after a failure (writing [`Writer::unsynced`] again) and installs
-    /// it; retries an open the old database still holds, and `io_retries` times (with a
-    /// growing pause) an open that fails otherwise.
-    fn reopen(&mut self, io_retries: u32) -> Result<()> {
+    /// it; retries (for up to a second) an open the old database still holds.
+    fn reopen(&mut self) -> Result<()> {
         let shared = Arc::clone(&self.shared);
-        let mut failures = 0;
         for attempt in 0.. {
             // Load into a directory of its own and swap it in only once the reopen succeeded:
             // callers keep reading the old one meanwhile, and keep it if recovery fails.
@@ -642,10 +641,6 @@ impl Writer {
                 Err(Error::AlreadyOpen) if attempt < 49 => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
-                Err(Error::Storage(_) | Error::Io(_)) if failures < io_retries => {
-                    std::thread::sleep(Duration::from_millis(50) * 2u32.pow(failures));
-                    failures += 1;
-                }
                 Err(e) => return Err(e),
             }
         }
@@ -660,7 +655,7 @@ impl Writer {
         if self.unsynced.is_empty() || self.shared.database().is_some() {
             return;
         }
-        let outcome = match self.reopen(0) {
+        let outcome = match self.reopen() {
             Ok(()) => "at close they were written".to_string(),
             Err(e) => format!("at close writing them failed too, so they are lost: {e}"),
         };
@@ -669,10 +664,6 @@ impl Writer {
         self.shared.poison(format!("{reason}; {outcome}"));
     }
 }
-
-/// Reopens tried after a failure other than a lock, in bounded mode with acknowledged
-/// operations to write again (pauses of 50 ms doubling: 1.55 s in all).
-const RECOVERY_RETRIES: u32 = 5;
 
 /// The writer's state and the queue to it, shared by the writer thread and the callers.
 ///
