@@ -146,7 +146,9 @@ enum Creation {
 impl Creation {
     fn of(target: &Target) -> Result<Creation> {
         Ok(match target {
-            Target::Path(p) if !p.exists() => Creation::new_file(p)?,
+            // `try_exists`: a path that cannot be examined is an error, never a new store to be
+            // renamed over whatever is there.
+            Target::Path(p) if !p.try_exists().map_err(Error::Io)? => Creation::new_file(p)?,
             Target::Path(_) => Creation::Existing,
             Target::Backend { db, .. } => {
                 let empty = db().len().map_err(Error::Io)? == 0;
@@ -182,7 +184,7 @@ impl Creation {
                 Locked::Busy => return Err(Error::AlreadyOpen),
                 Locked::Held if !same_file(&file, &tmp) => continue,
                 Locked::Held => {
-                    if path.exists() {
+                    if path.try_exists().map_err(Error::Io)? {
                         // Installed by another open since `Creation::of` looked; our file
                         // is one of our own making (or a leftover): not needed.
                         let _ = std::fs::remove_file(&tmp);
