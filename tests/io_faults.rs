@@ -864,11 +864,7 @@ fn bounded_mode_a_failed_flush_takes_back_no_acknowledgement() {
     ] {
         let disk = SimDisk::new();
         let store = bounded_store(&disk, None);
-        let (held, done) = (Key::unscoped("held"), Key::unscoped("done"));
-        let lease = lease_of(store.claim(&held, None).unwrap());
-        let other = lease_of(store.claim(&done, None).unwrap());
-        let body = Response::new(200).body(b"hello".to_vec());
-        store.complete(&other, body.clone()).unwrap();
+        let (held, lease, done, body) = held_and_done(&store);
         disk.fail_nth(kind, n);
         if store.flush().is_err() {
             reached += 1;
@@ -1073,11 +1069,7 @@ fn bounded_mode_a_fault_outlasting_recovery_loses_nothing_once_healed() {
     for heal_before_close in [true, false] {
         let disk = SimDisk::new();
         let store = bounded_store(&disk, None);
-        let (held, done) = (Key::unscoped("held"), Key::unscoped("done"));
-        let lease = lease_of(store.claim(&held, None).unwrap());
-        let other = lease_of(store.claim(&done, None).unwrap());
-        let body = Response::new(200).body(b"hello".to_vec());
-        store.complete(&other, body.clone()).unwrap();
+        let (held, lease, done, body) = held_and_done(&store);
         disk.fail_from(Op::Write, 1);
         assert!(store.flush().is_err());
         // The writer recovers (and fails) before it answers the next flush.
@@ -1167,6 +1159,17 @@ fn bounded_mode_recovery_at_close_never_writes_over_another_stores_changes() {
         "a stale record was written"
     );
     assert!(reason.contains("another store opened the file"), "{reason}");
+}
+
+/// Acknowledged, unsynced: a claim of `held` (its lease) and a completion of `done` (its
+/// response).
+fn held_and_done(store: &Store) -> (Key, idemstore::Lease, Key, Response) {
+    let (held, done) = (Key::unscoped("held"), Key::unscoped("done"));
+    let lease = lease_of(store.claim(&held, None).unwrap());
+    let other = lease_of(store.claim(&done, None).unwrap());
+    let body = Response::new(200).body(b"hello".to_vec());
+    store.complete(&other, body.clone()).unwrap();
+    (held, lease, done, body)
 }
 
 /// A bounded-mode store on an existing disk.
