@@ -7,8 +7,9 @@
 //! - The durable expiry order is the record table itself, keyed by `(expires_at, seq)`.
 //! - A hierarchical [`Wheel`] holds the records that expire before `horizon_end` (a near-future
 //!   horizon, one hour ahead by default). The writer schedules every record it publishes at a
-//!   new place (expiry, token) that falls inside the horizon (one rewritten in place, by a renew
-//!   or a complete, is in the wheel already, or in the span a scan will cover); a pass that moves the horizon scans the newly covered span of
+//!   new place (expiry, token) that falls inside the horizon (one rewritten in place, by a
+//!   renew or a complete, is in the wheel already, or in the span a scan will cover); a pass
+//!   that moves the horizon scans the newly covered span of
 //!   the table (in chunks of short read transactions) and schedules what it finds. After a
 //!   reopen the first pass scans from the start of the table, so records that fell due while
 //!   the store was closed are reclaimed first. So does the first pass after the writer recovered

@@ -310,9 +310,9 @@ impl Writer {
                 // scheduled already, or will be found by the scan that covers their expiry:
                 // scheduling them again would grow the wheel with every operation.
                 let mut moved = std::mem::take(&mut self.moved);
+                let place = |s: Slot| (s.expires_at(), s.token());
                 for (&digest, &slot) in &overlay {
                     let old = shared.index.set(digest, slot);
-                    let place = |s: Slot| (s.expires_at(), s.token());
                     if old.map(place) != slot.map(place) {
                         moved.push((digest, slot));
                     }
@@ -609,7 +609,9 @@ impl Writer {
     /// it; retries (for up to a second) an open the old database still holds.
     fn reopen(&mut self) -> Result<()> {
         let shared = Arc::clone(&self.shared);
-        for attempt in 0.. {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             // Load into a directory of its own and swap it in only once the reopen succeeded:
             // callers keep reading the old one meanwhile, and keep it if recovery fails.
             let fresh = Index::new();
@@ -638,13 +640,12 @@ impl Writer {
                     return Ok(());
                 }
                 // A reader may still hold the old database for a moment.
-                Err(Error::AlreadyOpen) if attempt < 49 => {
+                Err(Error::AlreadyOpen) if attempt < 50 => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Err(e) => return Err(e),
             }
         }
-        unreachable!("the loop returns")
     }
 
     /// At close, after a recovery that failed in bounded mode: writes the operations
