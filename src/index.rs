@@ -361,8 +361,9 @@ impl Index {
     /// The records come in expiry order, random with respect to digests. Rows are grouped by
     /// shard a chunk at a time and each group is filed under one lock, so consecutive inserts
     /// land in one shard's table (a few MB, within the CPU caches) instead of jumping across
-    /// the whole directory; and the chunks are filed by a second thread while `scan` goes on
-    /// reading (inline if that thread cannot be started).
+    /// the whole directory; and when more than one chunk is expected, the chunks are filed by a
+    /// second thread while `scan` goes on reading (inline if that thread cannot be started). A
+    /// store of one chunk or less is filed inline: a thread would only wait for the scan to end.
     pub(crate) fn fill<T>(&self, expected: usize, scan: impl FnOnce(&mut Filler) -> T) -> T {
         for shard in self.shards.iter() {
             shard.lock().reserve(expected / SHARDS + 1);
@@ -371,20 +372,22 @@ impl Index {
         std::thread::scope(|scope| {
             let (full_tx, full_rx) = crossbeam_channel::bounded::<Parts>(1);
             let (spare_tx, spare_rx) = crossbeam_channel::bounded::<Parts>(2);
-            let filer = std::thread::Builder::new()
-                .name("idemstore-load".into())
-                .spawn_scoped(scope, move || {
-                    for mut parts in full_rx {
-                        self.file(&mut parts);
-                        let _ = spare_tx.send(parts);
-                    }
-                });
+            let filer = (expected > LOAD_CHUNK).then(|| {
+                std::thread::Builder::new()
+                    .name("idemstore-load".into())
+                    .spawn_scoped(scope, move || {
+                        for mut parts in full_rx {
+                            self.file(&mut parts);
+                            let _ = spare_tx.send(parts);
+                        }
+                    })
+            });
             let mut filler = Filler {
                 index: self,
                 parts: new_parts(per_part),
                 held: 0,
                 per_part,
-                filer: filer.is_ok().then_some((full_tx, spare_rx)),
+                filer: matches!(filer, Some(Ok(_))).then_some((full_tx, spare_rx)),
             };
             let answer = scan(&mut filler);
             filler.flush();
@@ -394,7 +397,7 @@ impl Index {
             // in the fuzz targets' per-input leak check took an exiting thread's destructor list
             // for a leak). A panic in it is passed on, as the scope would have.
             drop(filler);
-            if let Ok(filer) = filer
+            if let Some(Ok(filer)) = filer
                 && let Err(panic) = filer.join()
             {
                 std::panic::resume_unwind(panic);
@@ -539,6 +542,14 @@ mod tests {
 
     #[test]
     fn filling_keeps_the_newest_record_of_each_key_across_chunks() {
+        let n = LOAD_CHUNK as u64 + 1_000;
+        // Expecting a few rows files them inline; expecting them all, on the filing thread.
+        for expected in [10, n as usize] {
+            fill_and_check(n, expected);
+        }
+    }
+
+    fn fill_and_check(n: u64, expected: usize) {
         let index = Index::new();
         let entry = |token, completed| Entry {
             expires_at: 10_000 + token,
@@ -554,8 +565,7 @@ mod tests {
                 }
             },
         };
-        let n = LOAD_CHUNK as u64 + 1_000;
-        index.fill(10, |loader| {
+        index.fill(expected, |loader| {
             // Every key twice, the newer record first for even keys and last for odd ones; the
             // last keys' second copies come after the first chunk was filed.
             for round in 0..2u64 {
