@@ -10,9 +10,10 @@
 //!   new place (expiry, token) that falls inside the horizon (one rewritten in place, by a
 //!   renew or a complete, is in the wheel already, or in the span a scan will cover); a pass
 //!   that moves the horizon scans the newly covered span of
-//!   the table (in chunks of short read transactions) and schedules what it finds. After a
-//!   reopen the first pass scans from the start of the table, so records that fell due while
-//!   the store was closed are reclaimed first. So does the first pass after the writer recovered
+//!   the table (in chunks of short read transactions) and schedules what it finds, pausing
+//!   while the wheel holds more than a few chunks of due records until they are reclaimed.
+//!   After a reopen the first pass scans from the start of the table, so records that fell due
+//!   while the store was closed are reclaimed first, a few chunks at a time. So does the first pass after the writer recovered
 //!   from a failed commit, whose batch may have reached the disk unscheduled.
 //! - Cancellation is lazy: a fired entry is dropped unless the directory still points at that
 //!   very record (same token) and it has expired; a key re-claimed or completed since
@@ -131,33 +132,75 @@ impl Sweep {
     /// One sweep pass at the store's current time: moves the horizon (scanning newly covered
     /// records into the wheel), then hands every due record to the writer in chunks, waiting
     /// for each. Returns the number of records reclaimed.
+    ///
+    /// A scan stops whenever the wheel holds [`Sweep::due_cap`] due records, and goes on once
+    /// they are reclaimed: a store reopened after a long downtime, with millions of records
+    /// overdue, neither loads them all into memory at once nor holds the wheel's lock (which
+    /// the writer takes after each commit) while they cascade through the levels.
     pub(crate) fn pass(&self, shared: &Shared, writer: &Sender<Op>) -> Result<u64> {
         let _one_at_a_time = self.pass_lock.lock();
         let now = shared.time.now();
-        let scan = {
+        let mut scan = {
             let mut st = self.state.lock();
+            // Time moves before the scan, so the overdue records it finds go straight to the
+            // due queue.
+            st.wheel
+                .advance_bounded(now / self.tick_ms, 0, &mut Vec::new());
             let target = now.saturating_add(self.horizon_ms);
             // Move in steps of half a horizon so the scan cost is amortised.
             if st.horizon_end == 0 || target >= st.horizon_end.saturating_add(self.horizon_ms / 2) {
                 let from = st.horizon_end;
                 st.horizon_end = target;
-                Some((from, target))
+                Some(((from, 0), target))
             } else {
                 None
             }
         };
-        if let Some((from, to)) = scan
-            && let Err(e) = self.scan(shared, from, to, writer)
-        {
-            // The span beyond the failure was neither scanned nor is it scheduled by the
-            // writer (whose records fall inside the raised horizon): scan everything again.
-            self.rescan();
-            return Err(e);
+        let mut reclaimed = 0;
+        loop {
+            if let Some((from, to)) = scan {
+                scan = match self.scan(shared, from, to, writer) {
+                    Ok(rest) => rest.map(|cursor| (cursor, to)),
+                    Err(e) => {
+                        // The span beyond the failure was neither scanned nor is it scheduled
+                        // by the writer (whose records fall inside the raised horizon): scan
+                        // everything again.
+                        self.rescan();
+                        return Err(e);
+                    }
+                };
+            }
+            let drained = self.drain(shared, writer, now);
+            if scan.is_some() && (drained.is_err() || self.stopping.load(Relaxed)) {
+                // The rest of the span is left unscanned: for the next pass (or the next
+                // open's first one) to scan again.
+                self.rescan();
+                scan = None;
+            }
+            reclaimed += drained?;
+            if scan.is_none() {
+                break;
+            }
         }
+        if reclaimed == 0 {
+            self.lag_ms.store(0, Relaxed);
+        }
+        Ok(reclaimed)
+    }
+
+    /// Due records the wheel holds before a scan pauses for them to be reclaimed: a few scan
+    /// chunks' worth (a few hundred kB), or one sweep chunk if that is more.
+    fn due_cap(&self) -> usize {
+        self.chunk.max(SCAN_CHUNK)
+    }
+
+    /// Hands every record due at `now` to the writer, a chunk per commit, waiting for each;
+    /// stops early when the store is closing. Returns the number reclaimed.
+    fn drain(&self, shared: &Shared, writer: &Sender<Op>, now: Millis) -> Result<u64> {
         let mut reclaimed = 0;
         loop {
             if self.stopping.load(Relaxed) {
-                break;
+                return Ok(reclaimed);
             }
             let mut fired = Vec::with_capacity(self.chunk);
             let more = {
@@ -190,18 +233,23 @@ impl Sweep {
                 self.expired.fetch_add(n, Relaxed);
             }
             if !more {
-                break;
+                return Ok(reclaimed);
             }
         }
-        if reclaimed == 0 {
-            self.lag_ms.store(0, Relaxed);
-        }
-        Ok(reclaimed)
     }
 
-    /// Schedules every record on disk expiring in `[from, to)`.
-    fn scan(&self, shared: &Shared, from: Millis, to: Millis, writer: &Sender<Op>) -> Result<()> {
-        let mut cursor = (from, 0u64);
+    /// Schedules the records on disk expiring in `[from, to)` (`from` a position in the record
+    /// table: expiry, token). Stops early once the wheel holds [`Sweep::due_cap`] due records,
+    /// answering where to go on from; or when the store is closing (answering `None`, the
+    /// span left for a rescan).
+    fn scan(
+        &self,
+        shared: &Shared,
+        from: (Millis, u64),
+        to: Millis,
+        writer: &Sender<Op>,
+    ) -> Result<Option<(Millis, u64)>> {
+        let mut cursor = from;
         loop {
             let db = shared.database_after_recovery(|| {
                 let (reply, answer) = crate::oneshot::oneshot();
@@ -217,19 +265,23 @@ impl Sweep {
             if full && self.stopping.load(Relaxed) {
                 // Closing: the rest of the span is for the next open's first pass to scan.
                 self.rescan();
-                return Ok(());
+                return Ok(None);
             }
             if let Some(last) = rows.last() {
                 cursor = (last.expires_at, last.token.saturating_add(1));
             }
-            {
+            let backlog = {
                 let mut st = self.state.lock();
                 for due in rows {
                     st.wheel.schedule(self.tick_of(due.expires_at), due);
                 }
-            }
+                st.wheel.due_len()
+            };
             if !full {
-                return Ok(());
+                return Ok(None);
+            }
+            if backlog >= self.due_cap() {
+                return Ok(Some(cursor));
             }
         }
     }

@@ -426,3 +426,69 @@ fn sustained_load_does_not_starve_the_sweeper() {
     });
     assert_eq!(swept.unwrap(), 50);
 }
+
+/// Failed before the fix (a review finding): the first pass after a long downtime scanned every
+/// overdue record into the wheel before reclaiming any, so at 10 M overdue records the wheel
+/// held all of them (about 50 bytes each) and one advance cascaded them to the due queue under
+/// the lock the writer takes after every commit (2.49 s at 10 M). A scan now pauses whenever
+/// the wheel holds `max(sweep_chunk, 8,192)` due records. Before, the wheel here peaked at
+/// 23,936 records (all but the first sweep chunk).
+#[test]
+fn the_first_pass_after_a_long_downtime_does_not_load_the_whole_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::new(START);
+    let n: u64 = 24_000;
+    let open = || {
+        Store::builder()
+            .clock(clock.clone())
+            .ttl(MIN)
+            // Only `run_pending_expiry` sweeps.
+            .sweep_interval(HOUR)
+            .sweep_chunk(64)
+            .durability(Durability::Bounded {
+                max_delay: Duration::from_millis(20),
+            })
+            .open(&path)
+            .unwrap()
+    };
+    {
+        let store = open();
+        // Callers in parallel share commits (one at a time, a debug build takes half a minute).
+        std::thread::scope(|s| {
+            for part in 0..32 {
+                let store = &store;
+                s.spawn(move || {
+                    for i in (part..n).step_by(32) {
+                        acquire(store, &Key::new("t", i.to_le_bytes()));
+                    }
+                });
+            }
+        });
+        store.close().unwrap();
+    }
+    clock.advance(DAY);
+    let store = Arc::new(open());
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(Ordering::Acquire) {
+                peak = peak.max(store.stats().sweep_scheduled);
+                std::thread::yield_now();
+            }
+            peak
+        })
+    };
+    assert_eq!(store.run_pending_expiry().unwrap(), n);
+    done.store(true, Ordering::Release);
+    let peak = watcher.join().unwrap();
+    // A full pause's worth, plus the scan chunk that crossed it.
+    assert!(
+        peak <= 2 * 8_192,
+        "the wheel held {peak} records during the first pass"
+    );
+    assert_eq!(store.records_on_disk().unwrap(), 0);
+    assert_eq!(store.stats().sweep_scheduled, 0);
+}
