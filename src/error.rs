@@ -65,9 +65,9 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
-    /// The store already holds `max_in_flight` claims that are neither completed nor expired;
-    /// new keys are refused (HTTP `503`) until some complete, are released or expire. Claims of
-    /// keys the store already holds are answered as usual.
+    /// The store already holds `max_in_flight` claims that are neither completed nor reclaimed;
+    /// new keys are refused (HTTP `503`) until some complete, are released, or expire and are
+    /// reclaimed by the sweeper. Claims of keys the store already holds are answered as usual.
     Overloaded {
         /// Claims in flight.
         in_flight: u64,
