@@ -9,12 +9,12 @@
 //!   horizon, one hour ahead by default). The writer schedules every record it publishes at a
 //!   new place (expiry, token) that falls inside the horizon (one rewritten in place, by a
 //!   renew or a complete, is in the wheel already, or in the span a scan will cover); a pass
-//!   that moves the horizon scans the newly covered span of
-//!   the table (in chunks of short read transactions) and schedules what it finds, pausing
-//!   while the wheel holds more than a few chunks of due records until they are reclaimed.
-//!   After a reopen the first pass scans from the start of the table, so records that fell due
-//!   while the store was closed are reclaimed first, a few chunks at a time. So does the first pass after the writer recovered
-//!   from a failed commit, whose batch may have reached the disk unscheduled.
+//!   that moves the horizon scans the newly covered span of the table (in chunks of short read
+//!   transactions) and schedules what it finds, pausing whenever the wheel holds a scan chunk
+//!   of due records (8,192, or `sweep_chunk` if more) until they are reclaimed. After a reopen
+//!   the first pass scans from the start of the table, so records that fell due while the store
+//!   was closed are reclaimed first, a scan chunk at a time. So does the first pass after the
+//!   writer recovered from a failed commit, whose batch may have reached the disk unscheduled.
 //! - Cancellation is lazy: a fired entry is dropped unless the directory still points at that
 //!   very record (same token) and it has expired; a key re-claimed or completed since
 //!   has a new record, scheduled on its own.
@@ -188,8 +188,8 @@ impl Sweep {
         Ok(reclaimed)
     }
 
-    /// Due records the wheel holds before a scan pauses for them to be reclaimed: a few scan
-    /// chunks' worth (a few hundred kB), or one sweep chunk if that is more.
+    /// Due records the wheel holds before a scan pauses for them to be reclaimed: one scan
+    /// chunk's worth (about 400 kB), or one sweep chunk if that is more.
     fn due_cap(&self) -> usize {
         self.chunk.max(SCAN_CHUNK)
     }
