@@ -82,6 +82,8 @@ pub(crate) struct Config {
     pub(crate) snapshot_min_keys: u64,
     /// Fencing tokens reserved (durably) at a time.
     pub(crate) token_block: u64,
+    /// Records read per read transaction by the sweeper's scans.
+    pub(crate) scan_chunk: usize,
 }
 
 impl Default for Config {
@@ -107,6 +109,7 @@ impl Default for Config {
             log_capacity: DEFAULT_LOG_CAPACITY,
             snapshot_min_keys: 1_000_000,
             token_block: crate::storage::SEQ_BLOCK,
+            scan_chunk: crate::sweeper::SCAN_CHUNK,
         }
     }
 }
@@ -201,6 +204,13 @@ impl Config {
                 "token_block {} must be between 1 and {}",
                 self.token_block,
                 crate::storage::SEQ_BLOCK
+            ));
+        }
+        if self.scan_chunk == 0 || self.scan_chunk > crate::sweeper::SCAN_CHUNK {
+            return bad(format!(
+                "scan_chunk {} must be between 1 and {}",
+                self.scan_chunk,
+                crate::sweeper::SCAN_CHUNK
             ));
         }
         if self.max_batch == 0 || self.queue_capacity == 0 {
@@ -392,6 +402,16 @@ impl Builder {
     #[cfg(feature = "test-util")]
     pub fn token_block(mut self, tokens: u64) -> Self {
         self.config.token_block = tokens;
+        self
+    }
+
+    /// Records the sweeper reads per read transaction when it scans the record table into its
+    /// wheel, and the due records it lets wait before a scan pauses for them to be reclaimed
+    /// (or `sweep_chunk` if more) (`test-util` feature; default and most 8,192). A small one
+    /// makes tests pause and resume scans often.
+    #[cfg(feature = "test-util")]
+    pub fn scan_chunk(mut self, records: usize) -> Self {
+        self.config.scan_chunk = records;
         self
     }
 

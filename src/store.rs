@@ -162,6 +162,7 @@ impl Store {
                     clock::duration_ms(config.sweep_interval),
                     clock::duration_ms(config.sweep_horizon),
                     config.sweep_chunk,
+                    config.scan_chunk,
                 )
             }),
             db: RwLock::new(None),

@@ -44,8 +44,9 @@ pub(crate) struct Due {
     pub(crate) expires_at: Millis,
 }
 
-/// Rows read per read transaction while scanning the table into the wheel.
-const SCAN_CHUNK: usize = 8192;
+/// Rows read per read transaction while scanning the table into the wheel (the default of
+/// `Config::scan_chunk`, and its most).
+pub(crate) const SCAN_CHUNK: usize = 8192;
 
 pub(crate) struct Sweep {
     /// One pass at a time, so a pass that returns has reclaimed everything due when it began
@@ -55,6 +56,8 @@ pub(crate) struct Sweep {
     tick_ms: Millis,
     horizon_ms: Millis,
     chunk: usize,
+    /// Rows per read transaction of a scan.
+    scan_chunk: usize,
     pub(crate) expired: AtomicU64,
     pub(crate) lag_ms: AtomicU64,
     pub(crate) backlog: AtomicU64,
@@ -70,7 +73,12 @@ struct SweepState {
 }
 
 impl Sweep {
-    pub(crate) fn new(tick_ms: Millis, horizon_ms: Millis, chunk: usize) -> Self {
+    pub(crate) fn new(
+        tick_ms: Millis,
+        horizon_ms: Millis,
+        chunk: usize,
+        scan_chunk: usize,
+    ) -> Self {
         Sweep {
             pass_lock: Mutex::new(()),
             state: Mutex::new(SweepState {
@@ -80,6 +88,7 @@ impl Sweep {
             tick_ms,
             horizon_ms,
             chunk,
+            scan_chunk,
             expired: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
@@ -191,7 +200,7 @@ impl Sweep {
     /// Due records the wheel holds before a scan pauses for them to be reclaimed: one scan
     /// chunk's worth (about 400 kB), or one sweep chunk if that is more.
     fn due_cap(&self) -> usize {
-        self.chunk.max(SCAN_CHUNK)
+        self.chunk.max(self.scan_chunk)
     }
 
     /// Hands every record due at `now` to the writer, a chunk per commit, waiting for each;
@@ -259,9 +268,9 @@ impl Sweep {
                 answer.wait()
             })?;
             let rows = crate::storage::guard(|| {
-                crate::storage::scan_expiry(&db, cursor, to, SCAN_CHUNK, &shared.seeds)
+                crate::storage::scan_expiry(&db, cursor, to, self.scan_chunk, &shared.seeds)
             })?;
-            let full = rows.len() == SCAN_CHUNK;
+            let full = rows.len() == self.scan_chunk;
             if full && self.stopping.load(Relaxed) {
                 // Closing: the rest of the span is for the next open's first pass to scan.
                 self.rescan();

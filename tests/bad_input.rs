@@ -251,6 +251,12 @@ mod config {
                 b().token_block((1 << 20) + 1),
                 "token_block",
             ),
+            ("scan_chunk zero", b().scan_chunk(0), "scan_chunk"),
+            (
+                "scan_chunk above 8,192",
+                b().scan_chunk(8_193),
+                "scan_chunk",
+            ),
             (
                 "max_ttl above 2^32 - 1 ms",
                 b().max_ttl(MAX_TTL + Duration::from_millis(1)),
@@ -358,6 +364,7 @@ mod config {
             ),
             ("log_capacity 0 (no log)", Store::builder().log_capacity(0)),
             ("token_block 1", Store::builder().token_block(1)),
+            ("scan_chunk 1", Store::builder().scan_chunk(1)),
         ];
         for (what, builder) in cases {
             let (_dir, path) = temp();

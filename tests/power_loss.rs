@@ -99,6 +99,9 @@ fn open_store(
         .log_capacity(log)
         // Fencing tokens reserved 8 at a time: crashes fall around reservations too.
         .token_block(8)
+        // Sweeps of 2 records, scans of 2 rows: sweep passes pause and resume their scans.
+        .sweep_chunk(2)
+        .scan_chunk(2)
         // Sweeps run as workload steps (`run_pending_expiry`): the timer never fires in the
         // life of a store here
         .sweep_interval(SWEEP_TICK)

@@ -104,6 +104,10 @@ impl Driver {
             .queue_capacity(64)
             // Fencing tokens reserved 4 at a time: crashes and faults fall around reservations.
             .token_block(4)
+            // Sweeps of 2 records, scans of 2 rows: a pass pauses its scan whenever 2 records
+            // are due, and resumes it once they are reclaimed.
+            .sweep_chunk(2)
+            .scan_chunk(2)
             // 16 one-block frames: the commit log fills and checkpoints every few steps.
             .log_capacity(64 << 10)
             .clock(self.clock.clone())
