@@ -114,6 +114,9 @@ impl Default for Config {
     }
 }
 
+/// Most `sweep_horizon`.
+const MAX_SWEEP_HORIZON: Duration = Duration::from_secs(24 * 3600);
+
 /// Default size of the commit log.
 pub(crate) const DEFAULT_LOG_CAPACITY: u64 = 64 << 20;
 /// Bounds of a commit log's size (besides 0, no log).
@@ -180,6 +183,13 @@ impl Config {
             return bad(format!(
                 "sweep_horizon {:?} must be at least the sweep_interval {:?}",
                 self.sweep_horizon, self.sweep_interval
+            ));
+        }
+        if self.sweep_horizon > MAX_SWEEP_HORIZON {
+            return bad(format!(
+                "sweep_horizon {:?} must be at most 1 day (the wheel would hold every record \
+                 expiring within it, most of the store with the default 24-hour lifetime)",
+                self.sweep_horizon
             ));
         }
         if self.max_in_flight == 0 {
@@ -334,7 +344,8 @@ impl Builder {
     }
 
     /// How far ahead the sweeper's in-memory timing wheel holds expiries; later ones stay on
-    /// disk only until the horizon reaches them. Default 1 hour.
+    /// disk only until the horizon reaches them. Default 1 hour; between the `sweep_interval`
+    /// and 1 day (the wheel holds about 50 bytes per record expiring within the horizon).
     pub fn sweep_horizon(mut self, horizon: Duration) -> Self {
         self.config.sweep_horizon = horizon;
         self

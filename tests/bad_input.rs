@@ -277,6 +277,11 @@ mod config {
                 b().sweep_horizon(Duration::from_millis(999)),
                 "sweep_horizon",
             ),
+            (
+                "sweep_horizon above 1 day",
+                b().sweep_horizon(Duration::from_secs(24 * 3600 + 1)),
+                "sweep_horizon",
+            ),
             ("sweep_chunk zero", b().sweep_chunk(0), "sweep_chunk"),
             (
                 "sweep_chunk above 2^20",
@@ -365,6 +370,10 @@ mod config {
             ("log_capacity 0 (no log)", Store::builder().log_capacity(0)),
             ("token_block 1", Store::builder().token_block(1)),
             ("scan_chunk 1", Store::builder().scan_chunk(1)),
+            (
+                "sweep_horizon 1 day",
+                Store::builder().sweep_horizon(Duration::from_secs(24 * 3600)),
+            ),
         ];
         for (what, builder) in cases {
             let (_dir, path) = temp();
