@@ -59,6 +59,20 @@ fn prefill(store: &Arc<Store>, prefix: &'static str, n: u64) {
     store.flush().expect("flush");
 }
 
+/// A store at `path` holding `n` records two hours overdue, reopened (durable) after a close:
+/// its first sweep pass finds them all.
+fn reopened_overdue(path: &Path, prefix: &'static str, n: u64) -> Arc<Store> {
+    let clock = ManualClock::new(START);
+    let bounded = Durability::Bounded {
+        max_delay: Duration::from_millis(100),
+    };
+    let store = open(path, &clock, bounded);
+    prefill(&store, prefix, n);
+    drop(store);
+    clock.advance(2 * HOUR);
+    open(path, &clock, Durability::Immediate)
+}
+
 /// Durable claims per second of fresh keys, 64 threads, for `secs`.
 fn claim_rate(store: &Arc<Store>, prefix: &'static str, secs: u64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
@@ -117,13 +131,7 @@ fn main() {
     // The first pass after downtime: n records overdue at the reopen, reclaimed by
     // `run_pending_expiry` while a lone caller claims new keys (durable); its slowest claim
     // shows how long the pass holds up the writer, the peak wheel size what it loads at once.
-    let clock = ManualClock::new(START);
-    let path = dir.path().join("downtime.redb");
-    let store = open(&path, &clock, bounded);
-    prefill(&store, "down", n);
-    drop(store);
-    clock.advance(2 * HOUR);
-    let store = open(&path, &clock, Durability::Immediate);
+    let store = reopened_overdue(&dir.path().join("downtime.redb"), "down", n);
     let stop = Arc::new(AtomicBool::new(false));
     let caller = {
         let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
@@ -165,13 +173,7 @@ fn main() {
     let baseline = claim_rate(&baseline_store, "base", secs);
     drop(baseline_store);
 
-    let clock2 = ManualClock::new(START);
-    let path2 = dir.path().join("backlog.redb");
-    let store = open(&path2, &clock2, bounded);
-    prefill(&store, "due", n);
-    drop(store);
-    clock2.advance(2 * HOUR);
-    let store = open(&path2, &clock2, Durability::Immediate);
+    let store = reopened_overdue(&dir.path().join("backlog.redb"), "due", n);
     let t = Instant::now();
     let during = claim_rate(&store, "during", secs);
     let stats = store.stats();

@@ -153,8 +153,7 @@ impl Sweep {
             let mut st = self.state.lock();
             // Time moves before the scan, so the overdue records it finds go straight to the
             // due queue.
-            st.wheel
-                .advance_bounded(now / self.tick_ms, 0, &mut Vec::new());
+            st.wheel.advance_time(now / self.tick_ms);
             let target = now.saturating_add(self.horizon_ms);
             // Move in steps of half a horizon so the scan cost is amortised.
             if st.horizon_end == 0 || target >= st.horizon_end.saturating_add(self.horizon_ms / 2) {

@@ -184,9 +184,7 @@ impl<T> Wheel<T> {
         max: usize,
         out: &mut Vec<(u64, T)>,
     ) -> bool {
-        if now > self.elapsed {
-            self.move_time(now);
-        }
+        self.advance_time(now);
         let n = max.min(self.due.len());
         out.extend(self.due.drain(..n));
         self.len -= n;
@@ -194,6 +192,14 @@ impl<T> Wheel<T> {
             self.due = VecDeque::new();
         }
         !self.due.is_empty()
+    }
+
+    /// Moves time to `now` (never back) without handing anything out: what is due waits in the
+    /// due queue, and entries scheduled at or before `now` from here on go straight to it.
+    pub(crate) fn advance_time(&mut self, now: u64) {
+        if now > self.elapsed {
+            self.move_time(now);
+        }
     }
 
     /// The smallest `now` at which an advance may hand something out, or
