@@ -68,11 +68,12 @@
 //! 5. Nothing is visible to other callers before the commit that wrote it returned.
 //! 6. Fencing tokens are unique and increasing over the life of the file, across crashes.
 //! 7. Time never runs backwards for the store: a clock that steps back is ignored up to the
-//!    highest time already persisted (every commit and a clean close persist it), so a key
-//!    that a write found expired, or the sweeper removed, is never resurrected. A read alone
-//!    persists nothing: a key that `get` saw expired in the moments before the sweeper
-//!    removed it can read as live again if the process then crashes and restarts on a clock
-//!    that stepped back.
+//!    highest time already used, or persisted (by every commit and a clean close) before a
+//!    restart; the store's time stands still until the clock catches up, so leases and
+//!    lifetimes do not run meanwhile (`docs/DESIGN.md`, Time). So a key that a write found
+//!    expired, or the sweeper removed, is never resurrected. A read alone persists nothing: a
+//!    key that `get` saw expired in the moments before the sweeper removed it can read as
+//!    live again if the process then crashes and restarts on a clock that stepped back.
 //!
 //! ## Expiry
 //!
