@@ -24,7 +24,7 @@ export RUSTC_BOOTSTRAP=1
 # plants damage that redb's own checks must catch).
 flags=()
 [ "$target" = ops ] && flags=(--no-trace-compares)
-cargo fuzz build -s none -O "${flags[@]}" "$target" >&2
+cargo fuzz build -s none -O ${flags[@]+"${flags[@]}"} "$target" >&2
 bin=$(ls -d target/*/release | head -1)/$target
 mkdir -p "artifacts/$target"
 log=$(mktemp)
