@@ -402,6 +402,53 @@ mod files {
         assert!(again.get(&Key::unscoped("k")).unwrap().is_some());
     }
 
+    const HOLD_DB: &str = "IDEMSTORE_HOLD_DB";
+
+    /// The other process of [`a_file_open_in_another_process_cannot_be_opened_again`]: opens
+    /// the store named by `IDEMSTORE_HOLD_DB`, says so on stdout, and holds it until its stdin
+    /// closes. Does nothing (and passes) when the variable is absent, as in a normal test run.
+    #[test]
+    fn holder_process() {
+        let Some(path) = std::env::var_os(HOLD_DB) else {
+            return;
+        };
+        let store = Store::open(&path).expect("holder: open");
+        println!("\nopen");
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
+        drop(store);
+    }
+
+    /// The lock is the operating system's: a store open in another process refuses the open,
+    /// and a holder killed with SIGKILL leaves nothing to refuse it.
+    #[test]
+    fn a_file_open_in_another_process_cannot_be_opened_again() {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let (_dir, path) = temp();
+        Store::open(&path).unwrap().close().unwrap();
+        let mut holder = Command::new(std::env::current_exe().expect("current_exe"))
+            .args(["--exact", "files::holder_process", "--nocapture"])
+            .env(HOLD_DB, &path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the holder");
+        let stdout = holder.stdout.take().expect("holder stdout");
+        let opened = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line == "open");
+        assert!(opened, "the holder process did not open the store");
+        let second = Store::open(&path);
+        assert!(matches!(second, Err(Error::AlreadyOpen)), "{second:?}");
+        assert_explained(&second.unwrap_err());
+        holder.kill().expect("kill the holder");
+        holder.wait().expect("reap the holder");
+        let again = Store::open(&path).expect("open after the holder was killed");
+        acquired(again.claim(&Key::unscoped("k"), None).unwrap());
+    }
+
     /// redb does not verify a table's stored length at an open, and the directory reserves
     /// room by it: a damaged length must not make the open allocate terabytes (an abort, which
     /// no error can report).
@@ -507,10 +554,10 @@ mod files {
         (z ^ (z >> 31)) as u8
     }
 
-    /// A file of garbage bytes is an error, not a panic. Today (redb 4.6) every size gives
-    /// `Error::Storage(redb::Error::Io(InvalidData "Not a redb database: magic number
-    /// mismatch"))`: redb checks the magic number before anything else and reports it as an
-    /// I/O error. `Error::Corrupt` would be as acceptable, should the engine map it so.
+    /// A file of garbage bytes is an error, not a panic: `Error::Storage(redb::Error::Io(
+    /// InvalidData "Not a redb database: magic number mismatch"))` for every size (redb 4.6
+    /// checks the magic number before anything else and reports it as an I/O error), as the
+    /// README's error table says.
     #[test]
     fn a_file_of_garbage_is_an_error() {
         let mut state = 0x6a7ba6e;
@@ -519,11 +566,11 @@ mod files {
             let garbage: Vec<u8> = (0..len).map(|_| splitmix(&mut state)).collect();
             std::fs::write(&path, &garbage).unwrap();
             match Store::open(&path) {
-                Err(e @ (Error::Corrupt { .. } | Error::Storage(_))) => {
+                Err(e @ Error::Storage(_)) => {
                     eprintln!("{len} bytes of garbage: {e:?}");
                     assert_explained(&e);
                 }
-                other => panic!("{len} bytes of garbage: expected Corrupt, got {other:?}"),
+                other => panic!("{len} bytes of garbage: expected Error::Storage, got {other:?}"),
             }
             assert_eq!(
                 std::fs::read(&path).unwrap(),
