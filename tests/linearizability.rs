@@ -13,8 +13,10 @@
 //!
 //! Knobs: `IDEMSTORE_LIN_HISTORIES` (default 200; the long run is 10,000),
 //! `IDEMSTORE_LIN_THREADS` (default 8), `IDEMSTORE_LIN_OPS` (operations per thread per
-//! history, default 24), `IDEMSTORE_SEED` (base seed; a failure prints the seed of its
-//! history). A seed fixes each thread's operations, not the interleaving.
+//! history, default 24), `IDEMSTORE_LIN_IMMEDIATE` (1: every store `Immediate`, 0: every one
+//! `Bounded`; unset: the mix above), `IDEMSTORE_SEED` (base seed; a failure prints the
+//! settings that rerun its history). A seed fixes each thread's operations, not the
+//! interleaving.
 
 #[path = "support/lin.rs"]
 mod lin;
@@ -417,15 +419,20 @@ fn concurrent_histories_are_linearizable() {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
         t.map_or(0, |d| d.as_nanos() as u64)
     });
+    let forced = std::env::var("IDEMSTORE_LIN_IMMEDIATE")
+        .ok()
+        .map(|v| v.trim() == "1");
     let dir = tempfile::tempdir().unwrap();
     // Each store process runs SEGMENT histories; every fourth acknowledges after the sync
-    // (`Immediate`, slower), the others before it (`Bounded`).
+    // (`Immediate`, slower), the others before it (`Bounded`), unless the knob says otherwise.
+    let immediate_in = |segment: u64| forced.unwrap_or(segment % 4 == 3);
     let open = |segment: u64| {
-        let durability = match segment % 4 {
-            3 => Durability::Immediate,
-            _ => Durability::Bounded {
+        let durability = if immediate_in(segment) {
+            Durability::Immediate
+        } else {
+            Durability::Bounded {
                 max_delay: Duration::from_millis(2),
-            },
+            }
         };
         Store::builder()
             .lease(LEASE)
@@ -449,9 +456,13 @@ fn concurrent_histories_are_linearizable() {
             .iter()
             .filter(|o| matches!(o.output, Some(Output::Acquired { .. })))
             .count();
-        let immediate = (h / SEGMENT) % 4 == 3;
-        let rerun =
-            format!("IDEMSTORE_SEED={seed} IDEMSTORE_LIN_HISTORIES=1, Immediate: {immediate}");
+        let rerun = format!(
+            "rerun: IDEMSTORE_SEED={seed} IDEMSTORE_LIN_HISTORIES=1 IDEMSTORE_LIN_IMMEDIATE={} \
+             IDEMSTORE_LIN_THREADS={} IDEMSTORE_LIN_OPS={} cargo test --test linearizability",
+            u8::from(immediate_in(h / SEGMENT)),
+            settings.threads,
+            settings.ops
+        );
         if let Err(e) = check_tokens(&history) {
             panic!("history {h} ({rerun}): {e}");
         }
