@@ -41,7 +41,9 @@
 //! close, and the close's rescue never writes over the changes of a store opened meanwhile.
 //!
 //! Knobs: `IDEMSTORE_FAULT_STRIDE` (run only every `k`-th `fail_from` point beyond the first
-//! 40; default 1, all of them).
+//! 40; default 1, all of them) and `IDEMSTORE_FAULT_POINT` (`KIND:N`, e.g. `Sync:17`: only that
+//! injection point in each campaign; a failure prints it). The workloads are deterministic,
+//! so an injection point reproduces its run.
 
 #[path = "support/ack_model.rs"]
 mod ack_model;
@@ -480,10 +482,17 @@ fn campaign(
     check: impl Fn(Op, u64, &RunOutcome) -> Result<(), String>,
 ) {
     let started = Instant::now();
+    let only = std::env::var("IDEMSTORE_FAULT_POINT").ok();
     let counts = baseline();
     let mut tally = Tally::default();
     for &kind in kinds {
         for n in points(count_of(&counts, kind)) {
+            if only
+                .as_deref()
+                .is_some_and(|p| p.trim() != format!("{kind:?}:{n}"))
+            {
+                continue;
+            }
             let result = run_once(|disk| arm(disk, kind, n), false).and_then(|mut out| {
                 out.fired = out.ops.get(kind) >= n;
                 out.fired_in = out
@@ -498,7 +507,7 @@ fn campaign(
                 Ok(out) => tally.add(&out, kind, n),
                 Err(v) => panic!(
                     "{name}: injection point {kind:?} #{n} (of {} in the workload): {v}\n\
-                     reproduce: this test alone; the workload is deterministic",
+                     reproduce: IDEMSTORE_FAULT_POINT={kind:?}:{n} cargo test --test io_faults",
                     count_of(&counts, kind)
                 ),
             }
