@@ -481,3 +481,104 @@ fn concurrent_histories_are_linearizable() {
         started.elapsed()
     );
 }
+
+/// The sequential model and the checker together refuse what the store must never do, and
+/// accept the overlapping answers it may give: without this, a model that accepted anything
+/// would let every history pass.
+#[test]
+fn the_model_refuses_wrong_answers() {
+    type Op = lin::Operation<Input, Output>;
+    let op = |client, call, ret, input, output| Op {
+        client,
+        call,
+        ret,
+        input,
+        output: Some(output),
+    };
+    let claim = Input::Claim { key: 0, fp: None };
+    let acquired = |token| Output::Acquired { token, attempt: 1 };
+    let in_flight = Output::InFlight { attempt: 1 };
+    let complete = |token, body| Input::Complete {
+        key: 0,
+        token,
+        body,
+    };
+    let replay = |body| Output::Replay { body, attempt: 1 };
+    let verdict = |history: &[Op]| {
+        check_partitioned_with_budget(|_| KeyState::Absent, history, Input::key, BUDGET)
+    };
+    let wrong: Vec<(&str, Vec<Op>)> = vec![
+        (
+            "two owners, one after the other",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op(1, 2, 3, claim.clone(), acquired(2)),
+            ],
+        ),
+        (
+            "two owners at once",
+            vec![
+                op(0, 0, 3, claim.clone(), acquired(1)),
+                op(1, 1, 2, claim.clone(), acquired(2)),
+            ],
+        ),
+        (
+            "in flight before anyone claimed",
+            vec![
+                op(1, 0, 1, claim.clone(), in_flight.clone()),
+                op(0, 2, 3, claim.clone(), acquired(1)),
+            ],
+        ),
+        (
+            "a replay of a body never stored",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op(0, 2, 3, complete(1, 7), Output::Ok),
+                op(1, 4, 5, claim.clone(), replay(8)),
+            ],
+        ),
+        (
+            "a completion forgotten",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op(0, 2, 3, complete(1, 7), Output::Ok),
+                op(1, 4, 5, Input::Get { key: 0 }, Output::Absent),
+            ],
+        ),
+        (
+            "a stale lease completing",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op(0, 2, 3, Input::Release { key: 0, token: 1 }, Output::Ok),
+                op(1, 4, 5, claim.clone(), acquired(2)),
+                op(0, 6, 7, complete(1, 7), Output::Ok),
+            ],
+        ),
+    ];
+    for (what, history) in &wrong {
+        assert!(
+            matches!(verdict(history), Verdict::Violation { .. }),
+            "{what}: accepted"
+        );
+    }
+    let right: Vec<(&str, Vec<Op>)> = vec![
+        (
+            "a loser overlapping the winner",
+            vec![
+                op(1, 0, 3, claim.clone(), in_flight.clone()),
+                op(0, 1, 2, claim.clone(), acquired(1)),
+            ],
+        ),
+        (
+            "a replay overlapping the completion",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op(0, 2, 5, complete(1, 7), Output::Ok),
+                op(1, 3, 4, claim.clone(), replay(7)),
+            ],
+        ),
+    ];
+    for (what, history) in &right {
+        assert!(matches!(verdict(history), Verdict::Ok), "{what}: refused");
+    }
+}
