@@ -23,7 +23,9 @@ use crate::index::{Index, Slot};
 use crate::key::{Key, KeySeeds};
 use crate::log::{self, Changes, Log, LogTable};
 use crate::snapshot;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -358,8 +360,26 @@ fn open_and_load(
     let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>> {
         Ok(meta.get(k)?.map(|g| g.value()))
     };
+    // The open creates the tables it opens: a record table (or metadata) lost to damage in
+    // redb's table directory would otherwise read as a new, empty store, and every completed
+    // key would run again.
+    let records_table = match config.layout {
+        Layout::TimeOrdered => RECORDS.name(),
+        Layout::KeyOrdered => BY_KEY.name(),
+    };
+    let has_records = txn.list_tables()?.any(|t| t.name() == records_table);
     let (generation, applied, snapshot_id) = {
         let mut meta = txn.open_table(META)?;
+        let initialized = get(&meta, M_FORMAT)?.is_some();
+        if initialized != has_records {
+            return Err(Error::Corrupt {
+                detail: if initialized {
+                    "the table directory is damaged: the record table is missing".into()
+                } else {
+                    "the table directory is damaged: the metadata is missing".into()
+                },
+            });
+        }
         match get(&meta, M_FORMAT)? {
             None => {
                 meta.insert(M_FORMAT, u64::from(FORMAT_VERSION))?;
