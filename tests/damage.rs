@@ -1,11 +1,27 @@
 //! Damage anywhere in the file: a few bytes of a closed store file are changed at random
-//! places (redb's header, its B-tree pages, free space, records, the directory snapshot), and
-//! the store is opened and used. Every call must answer `Ok` or a typed error and never panic,
-//! and a replay, if one comes, must be the response that was stored: damage is reported or
-//! harmless, never a wrong answer.
+//! places (redb's header, its B-tree pages, free space, records), and the store is opened and
+//! used. Every call must answer `Ok` or a typed error and never panic, a replay, if one comes,
+//! must be the response that was stored, and a store that opened without an error must not
+//! run a completed key as new: damage is reported or harmless, never a wrong answer.
 //!
-//! Knobs: `IDEMSTORE_DAMAGE_CASES` (damaged copies, default 100) and `IDEMSTORE_SEED` (base
-//! seed; case `i` uses seed + i, and a failure prints the seed that reproduces it as case 0).
+//! Half the damaged copies keep the directory snapshot of the clean close beside them (the
+//! open then loads the directory from it and reads records only when they are replayed); the
+//! other half have none (the open scans and checks every record).
+//!
+//! Knobs: `IDEMSTORE_DAMAGE_CASES` (damaged copies, default 100), `IDEMSTORE_SEED` (base
+//! seed; case `i` uses seed + i, and a failure prints the seed that reproduces it as case 0;
+//! keep the parity of `i`, which decides the snapshot) and `IDEMSTORE_DAMAGE_TRACE` (print
+//! each case before it runs, with `--nocapture`: a process abort prints nothing after it).
+//!
+//! Known failure, not fixed: with the snapshot beside it, case 1981 of the default seed
+//! (`IDEMSTORE_SEED=0xda3a6e00000007bc IDEMSTORE_DAMAGE_CASES=2`, bytes 149224, 337151 and
+//! 528798 changed) aborts the process. redb 4.6 fails an assertion in a commit of the writer
+//! thread (`cached_file.rs:839`: a page of an unexpected length; our reading is that the
+//! damage reached the allocator state redb saves at a clean close and trusts at the next
+//! open), and while that panic unwinds, a destructor panics on the poisoned lock
+//! (`page_manager.rs:2283`). A panic in a destructor during unwinding aborts, which no
+//! `catch_unwind` can turn into an error. 1 abort in the 2,500 snapshot cases of the first
+//! 5,000; none in the 2,500 without a snapshot, where the open reads every record page first.
 
 use idemstore::{ClaimOutcome, Error, Key, RecordInfo, Response, Store};
 use std::collections::HashMap;
@@ -54,9 +70,14 @@ fn response(i: usize) -> Response {
         .body((0..len).map(|b| (b * 31 + i) as u8).collect::<Vec<u8>>())
 }
 
+/// The store, with a directory snapshot at every clean close (by default only from 1 M keys).
+fn open(path: &Path) -> Result<Store, Error> {
+    Store::builder().snapshot_min_keys(1).open(path)
+}
+
 /// A closed store with `KEYS` keys: three in four completed, the rest in flight.
 fn build(path: &Path) -> HashMap<usize, Response> {
-    let store = Store::open(path).unwrap();
+    let store = open(path).unwrap();
     let mut stored = HashMap::new();
     for i in 0..KEYS {
         let ClaimOutcome::Acquired(lease) = store.claim(&key(i), None).unwrap() else {
@@ -72,15 +93,15 @@ fn build(path: &Path) -> HashMap<usize, Response> {
 }
 
 /// Opens the damaged copy and uses it; `Err` names a wrong answer.
-fn use_damaged(path: &Path, stored: &HashMap<usize, Response>) -> Result<(String, u64), String> {
-    let store = match Store::open(path) {
+fn use_damaged(path: &Path, stored: &HashMap<usize, Response>) -> Result<String, String> {
+    let store = match open(path) {
         Ok(store) => store,
         Err(e) => {
             check_typed(&e)?;
-            return Ok((format!("refused at open: {}", kind(&e)), 0));
+            return Ok(format!("refused at open: {}", kind(&e)));
         }
     };
-    let (mut errors, mut forgotten) = (0, 0);
+    let (mut errors, mut forgotten) = (0, Vec::new());
     for i in 0..KEYS {
         let answers = [store.get(&key(i)).map(|info| match info {
             Some(RecordInfo::Completed(replay)) => Some(replay.response),
@@ -89,7 +110,7 @@ fn use_damaged(path: &Path, stored: &HashMap<usize, Response>) -> Result<(String
         let claimed = store.claim(&key(i), None).map(|outcome| match outcome {
             ClaimOutcome::Replay(replay) => Some(replay.response),
             ClaimOutcome::Acquired(_) if stored.contains_key(&i) => {
-                forgotten += 1;
+                forgotten.push(i);
                 None
             }
             _ => None,
@@ -119,12 +140,26 @@ fn use_damaged(path: &Path, stored: &HashMap<usize, Response>) -> Result<(String
         check_typed(&e)?;
         errors += 1;
     }
-    let outcome = match (errors, forgotten) {
-        (0, 0) => "opened, no error",
-        (_, 0) => "opened, typed errors",
-        _ => "opened, completions forgotten",
+    if !forgotten.is_empty() {
+        return Err(format!(
+            "opened without an error and ran {} completed keys as new (e.g. key {})",
+            forgotten.len(),
+            forgotten[0]
+        ));
+    }
+    let outcome = if errors == 0 {
+        "opened, no error"
+    } else {
+        "opened, typed errors"
     };
-    Ok((outcome.to_string(), forgotten))
+    Ok(outcome.to_string())
+}
+
+/// Where a clean close leaves the directory snapshot of the store file at `path`.
+fn snapshot_of(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push("-snapshot");
+    name.into()
 }
 
 /// The error's variant, e.g. `Corrupt`.
@@ -150,13 +185,17 @@ fn check_typed(e: &Error) -> Result<(), String> {
 fn damage_anywhere_in_the_file_is_reported_or_harmless() {
     let cases = env_u64("IDEMSTORE_DAMAGE_CASES").unwrap_or(DEFAULT_CASES);
     let base = env_u64("IDEMSTORE_SEED").unwrap_or(DEFAULT_SEED);
+    let trace = std::env::var_os("IDEMSTORE_DAMAGE_TRACE").is_some();
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.redb");
     let stored = build(&good);
+    assert!(
+        snapshot_of(&good).exists(),
+        "the clean close left no snapshot"
+    );
     let bytes = std::fs::read(&good).unwrap();
     let started = Instant::now();
     let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
-    let mut forgotten_total = 0;
     for case in 0..cases {
         let seed = base.wrapping_add(case);
         let mut rng = SplitMix(seed);
@@ -170,11 +209,18 @@ fn damage_anywhere_in_the_file_is_reported_or_harmless() {
         }
         let path = dir.path().join(format!("case-{case}.redb"));
         std::fs::write(&path, &damaged).unwrap();
+        let with_snapshot = case % 2 == 1;
+        if with_snapshot {
+            std::fs::copy(snapshot_of(&good), snapshot_of(&path)).unwrap();
+        }
+        if trace {
+            eprintln!("case {case}: IDEMSTORE_SEED={seed:#x}, bytes changed at {places:?}");
+        }
         let result = std::panic::catch_unwind(|| use_damaged(&path, &stored));
         let failure = match result {
-            Ok(Ok((outcome, forgotten))) => {
-                *outcomes.entry(outcome).or_default() += 1;
-                forgotten_total += forgotten;
+            Ok(Ok(outcome)) => {
+                let snapshot = if with_snapshot { ", snapshot" } else { "" };
+                *outcomes.entry(format!("{outcome}{snapshot}")).or_default() += 1;
                 None
             }
             Ok(Err(wrong)) => Some(wrong),
@@ -188,9 +234,10 @@ fn damage_anywhere_in_the_file_is_reported_or_harmless() {
             );
         }
         std::fs::remove_file(&path).unwrap();
+        let _ = std::fs::remove_file(snapshot_of(&path));
     }
     eprintln!(
-        "damage: {cases} damaged copies of a {}-byte store, {outcomes:?} ({forgotten_total} completions forgotten in all), 0 wrong answers, 0 panics, {:.1?} (base seed {base:#x})",
+        "damage: {cases} damaged copies of a {}-byte store, {outcomes:?}, 0 wrong answers or forgotten completions, 0 panics, {:.1?} (base seed {base:#x})",
         bytes.len(),
         started.elapsed()
     );
