@@ -353,6 +353,15 @@ fn open_and_load(
     reopen: Reopen<'_>,
 ) -> Result<Opened> {
     let bump_epoch = matches!(reopen, Reopen::Start);
+    // A store file at its path has its tables: a new one is built beside it and renamed into
+    // place after its first commit. Only an empty file (made by the caller, say) is new there;
+    // a custom backend that is not empty may hold a first open that never committed.
+    let may_be_new = match (target, creation) {
+        (Target::Path(path), Creation::Existing) => {
+            std::fs::metadata(path).map_err(Error::Io)?.len() == 0
+        }
+        _ => true,
+    };
     let db = open_db(target, creation.take_file(), config)?;
     // Only now, holding the database's lock.
     let log_file = open_log(target, creation, config)?;
@@ -360,9 +369,9 @@ fn open_and_load(
     let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>> {
         Ok(meta.get(k)?.map(|g| g.value()))
     };
-    // The open creates the tables it opens: a record table (or metadata) lost to damage in
-    // redb's table directory would otherwise read as a new, empty store, and every completed
-    // key would run again.
+    // The open creates the tables it opens: a record table (or metadata, or both) lost to
+    // damage in redb's table directory would otherwise read as a new, empty store, and every
+    // completed key would run again.
     let records_table = match config.layout {
         Layout::TimeOrdered => RECORDS.name(),
         Layout::KeyOrdered => BY_KEY.name(),
@@ -371,13 +380,23 @@ fn open_and_load(
     let (generation, applied, snapshot_id) = {
         let mut meta = txn.open_table(META)?;
         let initialized = get(&meta, M_FORMAT)?.is_some();
-        if initialized != has_records {
+        let damage = match (initialized, has_records) {
+            (true, true) => None,
+            (true, false) => Some("the record table is missing"),
+            (false, true) => Some("the metadata has no format version"),
+            (false, false) if may_be_new => None,
+            (false, false) => Some("a store file with neither metadata nor a record table"),
+        };
+        if let Some(layout) = get(&meta, M_LAYOUT)?
+            && layout != layout_code(config.layout)
+        {
+            return Err(Error::InvalidConfig(
+                "the file was created with another record layout".into(),
+            ));
+        }
+        if let Some(what) = damage {
             return Err(Error::Corrupt {
-                detail: if initialized {
-                    "the table directory is damaged: the record table is missing".into()
-                } else {
-                    "the table directory is damaged: the metadata is missing".into()
-                },
+                detail: format!("the table directory or the metadata is damaged: {what}"),
             });
         }
         match get(&meta, M_FORMAT)? {

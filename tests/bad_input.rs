@@ -607,18 +607,51 @@ mod files {
     /// tokens and epochs over.
     #[test]
     fn a_missing_table_is_corrupt_not_a_new_store() {
-        for (what, table) in [("records", RECORDS.name()), ("metadata", META.name())] {
+        let cases: [(&str, &[&str]); 3] = [
+            ("records", &[RECORDS.name()]),
+            ("metadata", &[META.name()]),
+            ("both", &[RECORDS.name(), META.name()]),
+        ];
+        for (what, tables) in cases {
             let (_dir, path) = populated();
             with_redb(&path, |txn| {
-                let handle = txn.list_tables().unwrap().find(|t| t.name() == table);
-                let handle = handle.unwrap_or_else(|| panic!("{what}: no such table"));
-                assert!(txn.delete_table(handle).unwrap(), "{what}: not deleted");
+                for table in tables {
+                    let handle = txn.list_tables().unwrap().find(|t| t.name() == *table);
+                    let handle = handle.unwrap_or_else(|| panic!("{what}: no {table}"));
+                    assert!(txn.delete_table(handle).unwrap(), "{what}: not deleted");
+                }
             });
             match Store::open(&path) {
                 Err(e @ Error::Corrupt { .. }) => assert_explained(&e),
-                other => panic!("{what} table missing: expected Corrupt, got {other:?}"),
+                other => panic!("{what} missing: expected Corrupt, got {other:?}"),
             }
         }
+    }
+
+    /// What the table check must not refuse: an empty file at the path (made by the caller)
+    /// is a new store, and a store opened with the other record layout is a configuration
+    /// error, not damage.
+    #[test]
+    fn an_empty_file_is_a_new_store_and_another_layout_is_a_config_error() {
+        let (_dir, path) = temp();
+        std::fs::File::create(&path).unwrap();
+        let store = Store::open(&path).expect("an empty file opens as a new store");
+        acquired(store.claim(&Key::unscoped("k"), None).unwrap());
+        store.close().unwrap();
+        let other = Store::builder()
+            .layout(idemstore::Layout::KeyOrdered)
+            .open(&path);
+        assert!(
+            matches!(&other, Err(Error::InvalidConfig(m)) if m.contains("layout")),
+            "{other:?}"
+        );
+        assert!(
+            Store::open(&path)
+                .unwrap()
+                .get(&Key::unscoped("k"))
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
