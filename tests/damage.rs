@@ -10,11 +10,11 @@
 //!
 //! Knobs: `IDEMSTORE_DAMAGE_CASES` (damaged copies, default 100), `IDEMSTORE_SEED` (base
 //! seed; case `i` uses seed + i, and a failure prints the seed that reproduces it as case 0;
-//! keep the parity of `i`, which decides the snapshot) and `IDEMSTORE_DAMAGE_TRACE` (print
+//! an odd seed keeps the snapshot) and `IDEMSTORE_DAMAGE_TRACE` (print
 //! each case before it runs, with `--nocapture`: a process abort prints nothing after it).
 //!
 //! Known failure, not fixed: with the snapshot beside it, case 1981 of the default seed
-//! (`IDEMSTORE_SEED=0xda3a6e00000007bc IDEMSTORE_DAMAGE_CASES=2`, bytes 149224, 337151 and
+//! (`IDEMSTORE_SEED=0xda3a6e00000007bd IDEMSTORE_DAMAGE_CASES=1`, bytes 149224, 337151 and
 //! 528798 changed) aborts a release build (in a debug build a debug assertion of redb's
 //! panics at the open, which the store answers as `Corrupt`). redb 4.6 fails an assertion in
 //! a commit of the writer thread (`cached_file.rs:839`: a page of an unexpected length; our
@@ -82,7 +82,7 @@ fn use_damaged(path: &Path, stored: &HashMap<usize, Response>) -> Result<String,
             return Ok(format!("refused at open: {}", kind(&e)));
         }
     };
-    let (mut errors, mut forgotten) = (0, Vec::new());
+    let (mut errors, mut forgotten) = (std::collections::BTreeSet::new(), Vec::new());
     for i in 0..KEYS {
         let answers = [store.get(&key(i)).map(|info| match info {
             Some(RecordInfo::Completed(replay)) => Some(replay.response),
@@ -108,18 +108,18 @@ fn use_damaged(path: &Path, stored: &HashMap<usize, Response>) -> Result<String,
                 Ok(None) => {}
                 Err(e) => {
                     check_typed(&e)?;
-                    errors += 1;
+                    errors.insert(kind(&e));
                 }
             }
         }
     }
     if let Err(e) = store.claim(&Key::new("damage", "new"), None) {
         check_typed(&e)?;
-        errors += 1;
+        errors.insert(kind(&e));
     }
     if let Err(e) = store.close() {
         check_typed(&e)?;
-        errors += 1;
+        errors.insert(kind(&e));
     }
     if !forgotten.is_empty() {
         return Err(format!(
@@ -128,12 +128,12 @@ fn use_damaged(path: &Path, stored: &HashMap<usize, Response>) -> Result<String,
             forgotten[0]
         ));
     }
-    let outcome = if errors == 0 {
-        "opened, no error"
+    Ok(if errors.is_empty() {
+        "opened, no error".to_string()
     } else {
-        "opened, typed errors"
-    };
-    Ok(outcome.to_string())
+        let kinds: Vec<String> = errors.into_iter().collect();
+        format!("opened, errors: {}", kinds.join(" "))
+    })
 }
 
 /// Where a clean close leaves the directory snapshot of the store file at `path`.
@@ -143,23 +143,43 @@ fn snapshot_of(path: &Path) -> std::path::PathBuf {
     name.into()
 }
 
-/// The error's variant, e.g. `Corrupt`.
+/// The error's variant, e.g. `Corrupt`, with the source of an unknown outcome.
 fn kind(e: &Error) -> String {
-    let debug = format!("{e:?}");
-    debug
-        .split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    let name = |e: &Error| {
+        let debug = format!("{e:?}");
+        let name = debug.split(|c: char| !c.is_alphanumeric()).next();
+        name.unwrap_or_default().to_string()
+    };
+    match e {
+        Error::OutcomeUnknown { source } => format!("OutcomeUnknown({})", name(source)),
+        _ => name(e),
+    }
 }
 
-/// An error a caller can act on, explained in a sentence.
+/// An error damage may cause, explained in a sentence: corruption found (`Corrupt`, or
+/// `Storage` for what redb reports itself), as the unknown outcome of a batch whose commit met
+/// it, or the store poisoned by such a commit (`Poisoned`, and `Closed` for the batch that
+/// poisoned it by a panic), or `get`'s unknown outcome for a record it cannot find.
 fn check_typed(e: &Error) -> Result<(), String> {
     let msg = e.to_string();
     if msg.trim().is_empty() || msg == format!("{e:?}") {
         return Err(format!("an error without an explanation: {e:?}"));
     }
-    Ok(())
+    let damage = |e: &Error| matches!(e, Error::Corrupt { .. } | Error::Storage(_));
+    match e {
+        _ if damage(e) => Ok(()),
+        Error::OutcomeUnknown { source } if damage(source) => Ok(()),
+        Error::Poisoned { .. } => Ok(()),
+        // A batch that met a redb panic outside the store's guarded calls: the store poisons
+        // itself and the batch's callers get `Closed` (see `Writer::process_guarded`).
+        Error::Closed => Ok(()),
+        // `get` on a key whose record is not where the directory (here the snapshot's) says:
+        // the store cannot tell damage from a record rewritten under it four times.
+        Error::OutcomeUnknown { source } if source.to_string().contains("under every read") => {
+            Ok(())
+        }
+        _ => Err(format!("an error damage does not explain: {e:?}")),
+    }
 }
 
 #[test]
@@ -190,7 +210,7 @@ fn damage_anywhere_in_the_file_is_reported_or_harmless() {
         }
         let path = dir.path().join(format!("case-{case}.redb"));
         std::fs::write(&path, &damaged).unwrap();
-        let with_snapshot = case % 2 == 1;
+        let with_snapshot = seed % 2 == 1;
         if with_snapshot {
             std::fs::copy(snapshot_of(&good), snapshot_of(&path)).unwrap();
         }

@@ -483,6 +483,15 @@ fn campaign(
 ) {
     let started = Instant::now();
     let only = std::env::var("IDEMSTORE_FAULT_POINT").ok();
+    if let Some(p) = &only {
+        let valid = p.trim().split_once(':').is_some_and(|(kind, n)| {
+            ["Write", "SetLen", "Sync"].contains(&kind) && n.parse::<u64>().is_ok_and(|n| n > 0)
+        });
+        assert!(
+            valid,
+            "IDEMSTORE_FAULT_POINT={p}: expected Write:N, SetLen:N or Sync:N"
+        );
+    }
     let counts = baseline();
     let mut tally = Tally::default();
     for &kind in kinds {
