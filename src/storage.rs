@@ -379,8 +379,8 @@ fn open_and_load(
     let has_records = txn.list_tables()?.any(|t| t.name() == records_table);
     let (generation, applied, snapshot_id) = {
         let mut meta = txn.open_table(META)?;
-        let initialized = get(&meta, M_FORMAT)?.is_some();
-        let damage = match (initialized, has_records) {
+        let format = get(&meta, M_FORMAT)?;
+        let damage = match (format.is_some(), has_records) {
             (true, true) => None,
             (true, false) => Some("the record table is missing"),
             (false, true) => Some("the metadata has no format version"),
@@ -399,7 +399,7 @@ fn open_and_load(
                 detail: format!("the table directory or the metadata is damaged: {what}"),
             });
         }
-        match get(&meta, M_FORMAT)? {
+        match format {
             None => {
                 meta.insert(M_FORMAT, u64::from(FORMAT_VERSION))?;
                 meta.insert(M_LAYOUT, layout_code(config.layout))?;

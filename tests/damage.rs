@@ -84,10 +84,10 @@ fn use_damaged(path: &Path, stored: &HashMap<usize, Response>) -> Result<String,
     };
     let (mut errors, mut forgotten) = (std::collections::BTreeSet::new(), Vec::new());
     for i in 0..KEYS {
-        let answers = [store.get(&key(i)).map(|info| match info {
+        let got = store.get(&key(i)).map(|info| match info {
             Some(RecordInfo::Completed(replay)) => Some(replay.response),
             _ => None,
-        })];
+        });
         let claimed = store.claim(&key(i), None).map(|outcome| match outcome {
             ClaimOutcome::Replay(replay) => Some(replay.response),
             ClaimOutcome::Acquired(_) if stored.contains_key(&i) => {
@@ -96,7 +96,7 @@ fn use_damaged(path: &Path, stored: &HashMap<usize, Response>) -> Result<String,
             }
             _ => None,
         });
-        for answer in answers.into_iter().chain([claimed]) {
+        for answer in [got, claimed] {
             match answer {
                 Ok(Some(replayed)) => {
                     if stored.get(&i) != Some(&replayed) {
