@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! table idemstore_meta     &str -> u64     format_version, layout, epoch, seq_reserved, clock_high_water,
-//!                                          log_generation, log_applied (see `log.rs`)
+//!                                          log_generation, log_applied (see `log.rs`), snapshot_id,
+//!                                          meta_check (a checksum of the other rows, `meta_check`)
 //! table idemstore_records  (u64, u64) -> &[u8]
 //!                          key (expires_at ms, token): one record per live key, in expiry order
 //! table idemstore_by_key   &[u8] -> &[u8]  (key-ordered layout, benchmark baseline only)
@@ -37,8 +38,12 @@ const BY_KEY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idemstore_by
 /// On-disk format version written by this build. Version 2 added the commit log: a build that
 /// knows only version 1 would ignore the log and lose what it holds. Version 3 added the
 /// directory snapshot: a build that knows only version 2 would change the file without
-/// clearing the snapshot's id, and a later open would trust a stale snapshot.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+/// clearing the snapshot's id, and a later open would trust a stale snapshot. Version 4 added
+/// the metadata checksum (`M_CHECK`): a build that knows only version 3 would change the
+/// metadata without it, and the next open would refuse the file as damaged.
+pub(crate) const FORMAT_VERSION: u32 = 4;
+/// The first version whose metadata carries `M_CHECK`: from it on, a missing one is damage.
+const FORMAT_CHECKED: u64 = 4;
 /// Sequence numbers (fencing tokens) are reserved durably in blocks of this size, so a token is
 /// never handed out twice, even across crashes, without a meta write per commit.
 pub(crate) const SEQ_BLOCK: u64 = 1 << 20;
@@ -53,6 +58,10 @@ pub(crate) const M_LOG_APPLIED: &str = "log_applied";
 /// The id of the directory snapshot written at the last clean close (0 or absent: none; see
 /// `snapshot.rs`).
 pub(crate) const M_SNAPSHOT: &str = "snapshot_id";
+/// A checksum of every other metadata row (`meta_check`), kept by every commit. Records carry
+/// their own checksums; without this one, one changed byte of the clock's high-water mark
+/// would expire every record at the next open, and no error would say so.
+const M_CHECK: &str = "meta_check";
 /// `log_applied` after a clean close: the database holds everything, the log need not be read.
 pub(crate) const LOG_ALL_APPLIED: u64 = u64::MAX;
 
@@ -387,6 +396,20 @@ fn open_and_load(
             (false, false) if may_be_new => None,
             (false, false) => Some("a store file with neither metadata nor a record table"),
         };
+        // Before the layout is read: a damaged layout value is damage, not another layout.
+        let unchecked = match (get(&meta, M_CHECK)?, format) {
+            (Some(check), _) if check != meta_check(&meta)? => {
+                Some("the metadata does not match its checksum")
+            }
+            (None, Some(v)) if v >= FORMAT_CHECKED => Some("the metadata has no checksum"),
+            // Verified, or a file from before the checksum (the open's commit adds it).
+            _ => None,
+        };
+        if let Some(what) = unchecked {
+            return Err(Error::Corrupt {
+                detail: format!("the metadata is damaged: {what}"),
+            });
+        }
         if let Some(layout) = get(&meta, M_LAYOUT)?
             && layout != layout_code(config.layout)
         {
@@ -780,7 +803,35 @@ pub(crate) fn commit(
     };
     txn.set_durability(durability)
         .map_err(|e| Error::Storage(e.into()))?;
+    reseal_meta(&txn)?;
     txn.commit()?;
+    Ok(())
+}
+
+/// xxh3 of the metadata rows other than `M_CHECK`, in key order: for each, the key's length
+/// (u64, little-endian), the key, and the value (u64, little-endian).
+fn meta_check(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64> {
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    for row in meta.iter()? {
+        let (k, v) = row?;
+        let k = k.value();
+        if k != M_CHECK {
+            hash.update(&(k.len() as u64).to_le_bytes());
+            hash.update(k.as_bytes());
+            hash.update(&v.value().to_le_bytes());
+        }
+    }
+    Ok(hash.digest())
+}
+
+/// Brings `M_CHECK` up to date with the metadata `txn` leaves (written only when it changed,
+/// so a commit that left the metadata alone does not rewrite its page).
+fn reseal_meta(txn: &redb::WriteTransaction) -> Result<()> {
+    let mut meta = txn.open_table(META)?;
+    let check = meta_check(&meta)?;
+    if meta.get(M_CHECK)?.map(|g| g.value()) != Some(check) {
+        meta.insert(M_CHECK, check)?;
+    }
     Ok(())
 }
 

@@ -600,6 +600,83 @@ mod files {
         txn.commit().expect("commit");
     }
 
+    /// Sets metadata rows as a store would: with the checksum (`meta_check`, an xxh3 of the
+    /// other rows in key order, each as key length, key and value) brought up to date.
+    fn set_meta(path: &Path, rows: &[(&str, u64)]) {
+        with_redb(path, |txn| {
+            let mut meta = txn.open_table(META).unwrap();
+            for (k, v) in rows {
+                assert!(meta.get(*k).unwrap().is_some(), "{k}");
+                meta.insert(*k, *v).unwrap();
+            }
+            let mut hash = xxhash_rust::xxh3::Xxh3::new();
+            for row in meta.iter().unwrap() {
+                let (k, v) = row.unwrap();
+                if k.value() != "meta_check" {
+                    hash.update(&(k.value().len() as u64).to_le_bytes());
+                    hash.update(k.value().as_bytes());
+                    hash.update(&v.value().to_le_bytes());
+                }
+            }
+            meta.insert("meta_check", hash.digest()).unwrap();
+        });
+    }
+
+    /// The metadata carries a checksum: a damaged value is `Corrupt` at open, whichever row it
+    /// is in. Without it, one changed byte of the clock's high-water mark (found by
+    /// `tests/damage.rs`, seed 0xda3a6e0000001d8d) put the store's time 3,000 years ahead: it
+    /// opened without an error and ran every completed key again, as expired. A damaged layout
+    /// value is damage, not another layout.
+    #[test]
+    fn damaged_metadata_is_corrupt() {
+        for name in ["clock_high_water", "layout", "epoch", "log_applied"] {
+            let (_dir, path) = populated();
+            with_redb(&path, |txn| {
+                let mut meta = txn.open_table(META).unwrap();
+                let v = meta.get(name).unwrap().expect(name).value();
+                meta.insert(name, v ^ (0x5d << 40)).unwrap();
+            });
+            let r = Store::open(&path);
+            assert!(
+                matches!(&r, Err(Error::Corrupt { detail }) if detail.contains("checksum")),
+                "{name}: {r:?}"
+            );
+        }
+        let (_dir, path) = populated();
+        with_redb(&path, |txn| {
+            txn.open_table(META).unwrap().remove("meta_check").unwrap();
+        });
+        let r = Store::open(&path);
+        assert!(
+            matches!(&r, Err(Error::Corrupt { detail }) if detail.contains("no checksum")),
+            "{r:?}"
+        );
+    }
+
+    /// A file from before the checksum (format 3) opens, keeps its records, and is written
+    /// back as format 4 with the checksum.
+    #[test]
+    fn a_format_3_file_is_upgraded_with_a_checksum() {
+        let (_dir, path) = populated();
+        with_redb(&path, |txn| {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.remove("meta_check").unwrap().expect("a checksum");
+            meta.insert("format_version", 3).unwrap();
+        });
+        let store = Store::open(&path).unwrap();
+        let Some(RecordInfo::Completed(replay)) = store.get(&Key::unscoped("done")).unwrap() else {
+            panic!("the completed key is gone")
+        };
+        assert_eq!(replay.response.body, b"result");
+        store.close().unwrap();
+        with_redb(&path, |txn| {
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 4);
+            assert!(meta.get("meta_check").unwrap().is_some());
+        });
+        assert!(Store::open(&path).is_ok());
+    }
+
     /// Damage to redb's table directory can make a table vanish. The open creates the tables
     /// it opens, so a store that lost its record table read as a new, empty store and ran
     /// every completed key again (found by `tests/damage.rs`, seed 0xda3a6e0000000d3c: 225
@@ -657,18 +734,14 @@ mod files {
     #[test]
     fn a_newer_format_version_is_unsupported() {
         let (_dir, path) = populated();
-        with_redb(&path, |txn| {
-            let mut meta = txn.open_table(META).unwrap();
-            assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 3);
-            meta.insert("format_version", 99).unwrap();
-        });
+        set_meta(&path, &[("format_version", 99)]);
         let r = Store::open(&path);
         assert!(
             matches!(
                 r,
                 Err(Error::UnsupportedFormat {
                     found: 99,
-                    supported: 3
+                    supported: 4
                 })
             ),
             "{r:?}"
@@ -682,11 +755,7 @@ mod files {
     fn out_of_range_counters_in_the_file_are_corrupt() {
         for (name, value) in [("epoch", u64::MAX), ("seq_reserved", u64::MAX)] {
             let (_dir, path) = populated();
-            with_redb(&path, |txn| {
-                let mut meta = txn.open_table(META).unwrap();
-                assert!(meta.get(name).unwrap().is_some(), "{name}");
-                meta.insert(name, value).unwrap();
-            });
+            set_meta(&path, &[(name, value)]);
             // Named as such (a debug build's overflow panic would be `Corrupt` too, through the
             // guard against panics inside redb; a release build would wrap).
             let r = Store::open(&path);

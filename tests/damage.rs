@@ -201,6 +201,17 @@ fn a_redb_panic_in_a_commit_is_an_error_not_an_abort() {
     }
 }
 
+/// One changed byte of the clock's high-water mark in the metadata (byte 323714 of this
+/// case's four) put the store's time 3,000 years ahead: the store opened without an error and
+/// ran every completed key again, as expired. The metadata now carries a checksum, and the
+/// case is refused at open (`Corrupt`). Fails on a build without it, in debug and release.
+#[test]
+fn a_damaged_clock_mark_is_corrupt_not_every_record_expired() {
+    let outcomes = run_cases(0xda3a_6e00_0000_1d8d, 1);
+    let outcome = outcomes.keys().next().unwrap();
+    assert!(outcome.starts_with("refused at open: Corrupt"), "{outcome}");
+}
+
 /// Damages `cases` copies of a closed store, case `i` from seed `base + i`, and uses each;
 /// returns how many cases ended in each outcome.
 fn run_cases(base: u64, cases: u64) -> std::collections::BTreeMap<String, u64> {
