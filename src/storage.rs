@@ -65,6 +65,38 @@ const M_CHECK: &str = "meta_check";
 /// `log_applied` after a clean close: the database holds everything, the log need not be read.
 pub(crate) const LOG_ALL_APPLIED: u64 = u64::MAX;
 
+/// The store's redb database. Dropping it runs redb's close, which commits once more; after
+/// a redb panic on a damaged file that close can panic too. It runs under `catch_unwind`, so
+/// such a panic is reported here instead of unwinding out of whichever call held the last
+/// reference (a `get`, a recovery, the store's close or drop).
+pub(crate) struct Db(Option<Database>);
+
+impl Db {
+    pub(crate) fn new(db: Database) -> Self {
+        Db(Some(db))
+    }
+}
+
+impl std::ops::Deref for Db {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0
+            .as_ref()
+            .expect("the database is there until the drop")
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(db) = self.0.take()
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db))).is_err()
+        {
+            warn!("closing the database panicked (the file is damaged; the next open checks it)");
+        }
+    }
+}
+
 pub(crate) type BackendFactory = dyn Fn() -> Box<dyn redb::StorageBackend> + Send + Sync;
 
 /// Where the database lives.

@@ -8,7 +8,7 @@ use crate::key::{Fingerprint, Key, KeySeeds, Response};
 use crate::machine::{self, ClaimDecision, OwnerDecision, OwnerOp, Rules, State};
 use crate::outcome::{ClaimOutcome, Lease, RecordInfo};
 use crate::stats::{Counters, Stats};
-use crate::storage::{self, Target};
+use crate::storage::{self, Db, Target};
 use crate::sweeper::Sweep;
 use crate::writer::{self, Desk, Op, Writer};
 use crossbeam_channel::Sender;
@@ -33,7 +33,7 @@ pub(crate) struct Shared {
     pub(crate) target: Target,
     /// The expiry sweeper's state (`None` for the key-ordered benchmark layout).
     pub(crate) sweep: Option<Sweep>,
-    db: RwLock<Option<Arc<Database>>>,
+    db: RwLock<Option<Arc<Db>>>,
     poisoned: AtomicBool,
     poison_reason: Mutex<Option<String>>,
 }
@@ -48,7 +48,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn database(&self) -> Option<Arc<Database>> {
+    pub(crate) fn database(&self) -> Option<Arc<Db>> {
         self.db.read().clone()
     }
 
@@ -57,7 +57,7 @@ impl Shared {
     pub(crate) fn database_after_recovery(
         &self,
         flush: impl Fn() -> Result<()>,
-    ) -> Result<Arc<Database>> {
+    ) -> Result<Arc<Db>> {
         for _ in 0..REPLAY_LOOKUPS {
             self.check_poison()?;
             if let Some(db) = self.database() {
@@ -73,12 +73,12 @@ impl Shared {
         })
     }
 
-    pub(crate) fn take_database(&self) -> Option<Arc<Database>> {
+    pub(crate) fn take_database(&self) -> Option<Arc<Db>> {
         self.db.write().take()
     }
 
     pub(crate) fn install_database(&self, db: Database) {
-        *self.db.write() = Some(Arc::new(db));
+        *self.db.write() = Some(Arc::new(Db::new(db)));
     }
 
     pub(crate) fn poison(&self, reason: String) {

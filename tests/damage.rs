@@ -20,9 +20,11 @@
 //! on the lock it poisoned, which aborts. The store now builds on a patched redb
 //! (`vendor/README.md`) whose destructors skip that work while unwinding and whose close
 //! tolerates the poisoned locks, so the panic reaches the store's guard and is answered as
-//! `Corrupt`. `a_redb_panic_in_a_commit_is_an_error_not_an_abort` replays the case; it needs a
-//! release build to reach the commit (`cargo test --release --test damage`, run by `.ci/run`):
-//! in a debug build a redb debug assertion refuses the file at the open.
+//! `Corrupt`. Case 18409 of `IDEMSTORE_SEED=0xda3a6e0000001388` aborted the same way through
+//! another destructor, and is fixed the same way.
+//! `a_redb_panic_in_a_commit_is_an_error_not_an_abort` replays both; it needs a release build
+//! to reach the commit (`cargo test --release --test damage`, run by `.ci/run`): in a debug
+//! build a redb debug assertion refuses the file at the open.
 
 #[path = "support/ack_model.rs"]
 mod ack_model;
@@ -187,17 +189,21 @@ fn damage_anywhere_in_the_file_is_reported_or_harmless() {
     run_cases(base_seed(DEFAULT_SEED), cases);
 }
 
-/// The case that aborted the process before redb was patched (see the top of this file).
+/// The cases that aborted the process before redb was patched (see the top of this file):
+/// 1981 of the default seed (the freed-pages iterator's destructor) and 18409 of
+/// 0xda3a6e0000001388 (a written page's destructor), both snapshot cases.
 #[test]
 fn a_redb_panic_in_a_commit_is_an_error_not_an_abort() {
-    let outcomes = run_cases(0xda3a_6e00_0000_07bd, 1);
-    // Without redb's debug assertions, the open succeeds and a commit meets the damage.
-    if !cfg!(debug_assertions) {
-        let outcome = outcomes.keys().next().unwrap();
-        assert!(
-            outcome.starts_with("opened, errors") && outcome.contains("Corrupt"),
-            "the case no longer reaches a commit: {outcome}"
-        );
+    for seed in [0xda3a_6e00_0000_07bd, 0xda3a_6e00_0000_5b71] {
+        let outcomes = run_cases(seed, 1);
+        // Without redb's debug assertions, the open succeeds and a commit meets the damage.
+        if !cfg!(debug_assertions) {
+            let outcome = outcomes.keys().next().unwrap();
+            assert!(
+                outcome.starts_with("opened, errors") && outcome.contains("Corrupt"),
+                "seed {seed:#x} no longer reaches a commit: {outcome}"
+            );
+        }
     }
 }
 

@@ -581,6 +581,12 @@ impl<K: Key, V: Value> Sealed for Table<'_, K, V> {}
 
 impl<K: Key + 'static, V: Value + 'static> Drop for Table<'_, K, V> {
     fn drop(&mut self) {
+        // idemstore patch: closing takes the transaction's table lock, which a panic may have
+        // poisoned, and a second panic in a destructor aborts the process. A transaction a
+        // panic unwinds through is abandoned (see WriteTransaction's drop).
+        if crate::panicking() {
+            return;
+        }
         self.transaction.close_table(
             &self.name,
             &self.tree,

@@ -512,6 +512,10 @@ impl<K: Key + 'static, V: MutInPlaceValue + 'static> SystemTable<'_, K, V> {
 
 impl<K: Key + 'static, V: Value + 'static> Drop for SystemTable<'_, K, V> {
     fn drop(&mut self) {
+        // idemstore patch: as Table's drop, abandoned while a panic unwinds.
+        if crate::panicking() {
+            return;
+        }
         self.namespace.close_table(
             &self.name,
             &self.tree,

@@ -39,6 +39,12 @@ impl WritablePage {
 
 impl Drop for WritablePage {
     fn drop(&mut self) {
+        // idemstore patch: while a panic unwinds, the buffer's lock may be poisoned, and a
+        // second panic in a destructor aborts the process. The transaction writing this page is
+        // abandoned, so the page need not go back to the write buffer.
+        if crate::panicking() {
+            return;
+        }
         self.buffer
             .lock()
             .unwrap()
