@@ -218,6 +218,19 @@ fn a_damaged_clock_mark_is_corrupt_not_every_record_expired() {
     assert!(outcome.starts_with("refused at open: Corrupt"), "{outcome}");
 }
 
+/// One changed byte of a child pointer in a branch page of the record table (byte 337576, page
+/// 71 -> 17; the first of this case's four) made the scan read another leaf in place of the
+/// right one: in a release build the store opened without an error and ran 3 completed keys
+/// again (a debug build's redb assertion refused the file). redb does not check its page
+/// checksums on reads; the scan now checks that positions come in strictly increasing order
+/// and that it read as many records as the table counts.
+#[test]
+fn a_damaged_branch_pointer_is_corrupt_not_forgotten_records() {
+    let outcomes = run_cases(0xda3a_6e00_0000_6972, 1);
+    let outcome = outcomes.keys().next().unwrap();
+    assert_eq!(outcome, "refused at open: Corrupt");
+}
+
 /// Damages `cases` copies of a closed store, case `i` from seed `base + i`, and uses each;
 /// returns how many cases ended in each outcome.
 fn run_cases(base: u64, cases: u64) -> std::collections::BTreeMap<String, u64> {
