@@ -116,7 +116,7 @@ pub(crate) enum Target {
 
 /// A database freshly opened and scanned.
 pub(crate) struct Opened {
-    pub(crate) db: Database,
+    pub(crate) db: Db,
     pub(crate) epoch: u32,
     pub(crate) next_seq: u64,
     pub(crate) seq_reserved: u64,
@@ -403,7 +403,8 @@ fn open_and_load(
         }
         _ => true,
     };
-    let db = open_db(target, creation.take_file(), config)?;
+    // Wrapped at once: an open that fails from here on drops it, and redb's close with it.
+    let db = Db::new(open_db(target, creation.take_file(), config)?);
     // Only now, holding the database's lock.
     let log_file = open_log(target, creation, config)?;
     let mut txn = db.begin_write()?;
@@ -428,6 +429,15 @@ fn open_and_load(
             (false, false) if may_be_new => None,
             (false, false) => Some("a store file with neither metadata nor a record table"),
         };
+        // A newer format may keep its metadata otherwise: refused as such, before the checksum.
+        if let Some(v) = format
+            && v > u64::from(FORMAT_VERSION)
+        {
+            return Err(Error::UnsupportedFormat {
+                found: u32::try_from(v).unwrap_or(u32::MAX),
+                supported: FORMAT_VERSION,
+            });
+        }
         // Before the layout is read: a damaged layout value is damage, not another layout.
         let unchecked = match (get(&meta, M_CHECK)?, format) {
             (Some(check), _) if check != meta_check(&meta)? => {
@@ -458,12 +468,6 @@ fn open_and_load(
             None => {
                 meta.insert(M_FORMAT, u64::from(FORMAT_VERSION))?;
                 meta.insert(M_LAYOUT, layout_code(config.layout))?;
-            }
-            Some(v) if v > u64::from(FORMAT_VERSION) => {
-                return Err(Error::UnsupportedFormat {
-                    found: u32::try_from(v).unwrap_or(u32::MAX),
-                    supported: FORMAT_VERSION,
-                });
             }
             Some(v) if v < u64::from(FORMAT_VERSION) => {
                 meta.insert(M_FORMAT, u64::from(FORMAT_VERSION))?;

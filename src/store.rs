@@ -13,7 +13,6 @@ use crate::sweeper::Sweep;
 use crate::writer::{self, Desk, Op, Writer};
 use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
-use redb::Database;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,8 +76,8 @@ impl Shared {
         self.db.write().take()
     }
 
-    pub(crate) fn install_database(&self, db: Database) {
-        *self.db.write() = Some(Arc::new(Db::new(db)));
+    pub(crate) fn install_database(&self, db: Db) {
+        *self.db.write() = Some(Arc::new(db));
     }
 
     pub(crate) fn poison(&self, reason: String) {
