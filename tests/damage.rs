@@ -223,7 +223,9 @@ fn damage_anywhere_in_the_file_is_reported_or_harmless() {
 
 /// The cases that aborted the process before redb was patched (see the top of this file):
 /// 1981 of the default seed (the freed-pages iterator's destructor) and 18409 of
-/// 0xda3a6e0000001388 (a written page's destructor), both snapshot cases.
+/// 0xda3a6e0000001388 (a written page's destructor), both snapshot cases. These seeds damage
+/// fixed byte positions: a change to the file's layout can move what they hit, and then the
+/// release-build asserts here fail, asking for new seeds from the campaign.
 #[test]
 fn a_redb_panic_in_a_commit_is_an_error_not_an_abort() {
     let _serial = serial();
@@ -247,8 +249,8 @@ fn a_redb_panic_in_a_commit_is_an_error_not_an_abort() {
 }
 
 /// One changed byte of a child pointer in a branch page of the record table (byte 337576, page
-/// 71 -> 17; the first of this case's four) made the scan read another leaf in place of the
-/// right one: in a release build the store opened without an error and ran 3 completed keys
+/// 71 -> 17, the first of this case's four, in the file as it was when found) made the scan
+/// read another leaf in place of the right one: in a release build the store opened without an error and ran 3 completed keys
 /// again (a debug build's redb assertion refused the file). redb does not check its page
 /// checksums on reads; the scan now checks that positions come in strictly increasing order
 /// and that it read as many records as the table counts.
