@@ -3,7 +3,7 @@
 //! ```text
 //! table idemstore_meta     &str -> u64     format_version, layout, epoch, seq_reserved, clock_high_water,
 //!                                          log_generation, log_applied (see `log.rs`), snapshot_id,
-//!                                          meta_check (a checksum of the other rows, `meta_check`)
+//!                                          meta_check (a checksum of the other rows, `meta_checks`)
 //! table idemstore_records  (u64, u64) -> &[u8]
 //!                          key (expires_at ms, token): one record per live key, in expiry order
 //! table idemstore_by_key   &[u8] -> &[u8]  (key-ordered layout, benchmark baseline only)
@@ -439,8 +439,9 @@ fn open_and_load(
             });
         }
         // Before the layout is read: a damaged layout value is damage, not another layout.
-        let unchecked = match (get(&meta, M_CHECK)?, format) {
-            (Some(check), _) if check != meta_check(&meta)? => {
+        let (stored, computed) = meta_checks(&meta)?;
+        let unchecked = match (stored, format) {
+            (Some(check), _) if check != computed => {
                 Some("the metadata does not match its checksum")
             }
             (None, Some(v)) if v >= FORMAT_CHECKED => Some("the metadata has no checksum"),
@@ -875,29 +876,33 @@ pub(crate) fn commit(
     Ok(())
 }
 
-/// xxh3 of the metadata rows other than `M_CHECK`, in key order: for each, the key's length
-/// (u64, little-endian), the key, and the value (u64, little-endian).
-fn meta_check(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64> {
+/// The metadata checksum as stored (`M_CHECK`, if there is one) and as computed, in one pass:
+/// xxh3 of the other rows in key order, for each the key's length (u64, little-endian), the
+/// key, and the value (u64, little-endian).
+fn meta_checks(meta: &impl ReadableTable<&'static str, u64>) -> Result<(Option<u64>, u64)> {
     let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    let mut stored = None;
     for row in meta.iter()? {
         let (k, v) = row?;
-        let k = k.value();
-        if k != M_CHECK {
+        let (k, v) = (k.value(), v.value());
+        if k == M_CHECK {
+            stored = Some(v);
+        } else {
             hash.update(&(k.len() as u64).to_le_bytes());
             hash.update(k.as_bytes());
-            hash.update(&v.value().to_le_bytes());
+            hash.update(&v.to_le_bytes());
         }
     }
-    Ok(hash.digest())
+    Ok((stored, hash.digest()))
 }
 
 /// Brings `M_CHECK` up to date with the metadata `txn` leaves (written only when it changed,
 /// so a commit that left the metadata alone does not rewrite its page).
 fn reseal_meta(txn: &redb::WriteTransaction) -> Result<()> {
     let mut meta = txn.open_table(META)?;
-    let check = meta_check(&meta)?;
-    if meta.get(M_CHECK)?.map(|g| g.value()) != Some(check) {
-        meta.insert(M_CHECK, check)?;
+    let (stored, computed) = meta_checks(&meta)?;
+    if stored != Some(computed) {
+        meta.insert(M_CHECK, computed)?;
     }
     Ok(())
 }
