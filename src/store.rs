@@ -221,6 +221,27 @@ impl Store {
     /// answers how many expired records it reclaimed. The background sweeper does the same
     /// every `sweep_interval`; this hook makes expiry deterministic in tests and examples
     /// (with a manual clock: advance it, then call this).
+    ///
+    /// ```
+    /// use idemstore::{ClaimOutcome, Key, ManualClock, Store};
+    /// use std::time::Duration;
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let clock = ManualClock::new(1_700_000_000_000);
+    /// let store = Store::builder()
+    ///     .clock(clock.clone()) // `test-util` feature
+    ///     .open(dir.path().join("idem.redb"))?;
+    /// let key = Key::new("tenant-1", "order-7");
+    /// let ClaimOutcome::Acquired(lease) = store.claim(&key, None)? else { unreachable!() };
+    /// store.complete(&lease, idemstore::Response::new(200))?;
+    ///
+    /// clock.advance(Duration::from_secs(24 * 3600)); // the default lifetime
+    /// assert_eq!(store.run_pending_expiry()?, 1);
+    /// assert_eq!(store.records_on_disk()?, 0);
+    /// // The key is new again.
+    /// assert!(matches!(store.claim(&key, None)?, ClaimOutcome::Acquired(_)));
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
     pub fn run_pending_expiry(&self) -> Result<u64> {
         self.shared.check_poison()?;
         match (&self.shared.sweep, &self.sweep_tx) {
@@ -269,12 +290,54 @@ impl Store {
     /// - [`ClaimOutcome::Mismatch`]: the key was used with another `fingerprint`; answer `422`.
     ///
     /// A key past its expiry is absent, whether or not it has been swept yet.
+    ///
+    /// ```
+    /// use idemstore::{ClaimOutcome, Fingerprint, Key, Response, Store};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path().join("idem.redb"))?;
+    /// let key = Key::new("tenant-1", "charge-42");
+    /// let fp = Fingerprint::of_request("POST", "/charges", br#"{"amount":100}"#);
+    ///
+    /// // A first request owns the key; a duplicate sent meanwhile is told to retry later.
+    /// let ClaimOutcome::Acquired(lease) = store.claim(&key, Some(fp))? else { unreachable!() };
+    /// match store.claim(&key, Some(fp))? {
+    ///     ClaimOutcome::InFlight { retry_after, attempt } => {
+    ///         // HTTP 409, with `Retry-After: retry_after`.
+    ///         assert_eq!(attempt, 1);
+    ///         assert!(retry_after.as_secs() <= 60); // the default lease
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    ///
+    /// store.complete(&lease, Response::new(201).body("created"))?;
+    /// let ClaimOutcome::Replay(replay) = store.claim(&key, Some(fp))? else { unreachable!() };
+    /// assert_eq!(replay.response.body, b"created");
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
     pub fn claim(&self, key: &Key, fingerprint: Option<Fingerprint>) -> Result<ClaimOutcome> {
         self.claim_inner(key, fingerprint, clock::duration_ms(self.shared.config.ttl))
     }
 
     /// Like [`claim`](Self::claim), with a lifetime for this key other than the store's
     /// default. `ttl` must be above zero and at most [`Builder::max_ttl`].
+    ///
+    /// ```
+    /// use idemstore::{ClaimOutcome, Error, Key, Store};
+    /// use std::time::Duration;
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path().join("idem.redb"))?;
+    /// let key = Key::new("tenant-1", "nightly-export-2026-12-06");
+    /// // Kept for 7 days (the default `max_ttl`) instead of 24 hours.
+    /// let week = Duration::from_secs(7 * 24 * 3600);
+    /// let outcome = store.claim_with_ttl(&key, None, week)?;
+    /// assert!(matches!(outcome, ClaimOutcome::Acquired(_)));
+    /// // Beyond `max_ttl`: refused before anything is written.
+    /// let too_long = store.claim_with_ttl(&Key::new("tenant-1", "x"), None, week * 2);
+    /// assert!(matches!(too_long, Err(Error::InvalidTtl { .. })));
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
     pub fn claim_with_ttl(
         &self,
         key: &Key,
@@ -380,6 +443,24 @@ impl Store {
     /// Fenced: if the key was taken over by a later attempt (or released, or expired), nothing
     /// is stored and [`Error::StaleLease`] is returned. Completing twice with the same lease
     /// succeeds and keeps the first response (so a retry after `OutcomeUnknown` is safe).
+    ///
+    /// ```
+    /// use idemstore::{ClaimOutcome, Key, Response, Store};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path().join("idem.redb"))?;
+    /// let key = Key::new("tenant-1", "refund-9");
+    /// let ClaimOutcome::Acquired(lease) = store.claim(&key, None)? else { unreachable!() };
+    /// let response = Response::new(201)
+    ///     .header("content-type", "application/json")
+    ///     .body(r#"{"refund":"r_9"}"#);
+    /// store.complete(&lease, response.clone())?;
+    /// // A retry of the complete (say, after `OutcomeUnknown`) keeps the first response.
+    /// store.complete(&lease, Response::new(500))?;
+    /// let ClaimOutcome::Replay(replay) = store.claim(&key, None)? else { unreachable!() };
+    /// assert_eq!(replay.response, response);
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
     pub fn complete(&self, lease: &Lease, response: Response) -> Result<()> {
         let size = response.stored_size();
         let max = self.shared.config.max_response_size;
@@ -392,12 +473,52 @@ impl Store {
 
     /// Forgets the attempt `lease` was acquired for (it failed before having effects the
     /// server wants to keep), so a retry of the request runs afresh. Fenced like `complete`.
+    ///
+    /// ```
+    /// use idemstore::{ClaimOutcome, Error, Key, Response, Store};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path().join("idem.redb"))?;
+    /// let key = Key::new("tenant-1", "upload-3");
+    /// let ClaimOutcome::Acquired(first) = store.claim(&key, None)? else { unreachable!() };
+    /// // The handler failed before doing anything: forget the attempt.
+    /// store.release(&first)?;
+    /// // The client's retry runs afresh, as a new attempt with a new fencing token.
+    /// let ClaimOutcome::Acquired(retry) = store.claim(&key, None)? else { unreachable!() };
+    /// assert!(retry.token() > first.token());
+    /// // The released lease no longer owns the key.
+    /// let late = store.complete(&first, Response::new(200));
+    /// assert!(matches!(late, Err(Error::StaleLease { .. })));
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
     pub fn release(&self, lease: &Lease) -> Result<()> {
         self.owner_op(lease, OwnerOp::Release, None).map(|_| ())
     }
 
     /// Extends the lease by the configured lease length from now (capped at the record's
     /// expiry), for requests that run longer than one lease. Fenced like `complete`.
+    ///
+    /// ```
+    /// use idemstore::{ClaimOutcome, Key, ManualClock, Store};
+    /// use std::time::Duration;
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let clock = ManualClock::new(1_700_000_000_000);
+    /// let store = Store::builder()
+    ///     .lease(Duration::from_secs(30))
+    ///     .clock(clock.clone()) // `test-util` feature
+    ///     .open(dir.path().join("idem.redb"))?;
+    /// let key = Key::new("tenant-1", "long-job");
+    /// let ClaimOutcome::Acquired(mut lease) = store.claim(&key, None)? else { unreachable!() };
+    /// let first_deadline = lease.lease_deadline();
+    /// clock.advance(Duration::from_secs(20));
+    /// store.renew(&mut lease)?; // 30 s from now
+    /// assert_eq!(lease.lease_deadline(), first_deadline + Duration::from_secs(20));
+    /// // Past the first deadline, the key is still this attempt's.
+    /// clock.advance(Duration::from_secs(20));
+    /// assert!(matches!(store.claim(&key, None)?, ClaimOutcome::InFlight { .. }));
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
     pub fn renew(&self, lease: &mut Lease) -> Result<()> {
         if let Some(until) = self.owner_op(lease, OwnerOp::Renew, None)? {
             lease.lease_until = until;
@@ -439,6 +560,20 @@ impl Store {
 
     /// Removes `key` now, whatever its state (an operator action). Answers whether a live
     /// record was removed. A lease on it becomes stale.
+    ///
+    /// ```
+    /// use idemstore::{ClaimOutcome, Key, Response, Store};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path().join("idem.redb"))?;
+    /// let key = Key::new("tenant-1", "bad-result");
+    /// let ClaimOutcome::Acquired(lease) = store.claim(&key, None)? else { unreachable!() };
+    /// store.complete(&lease, Response::new(200))?;
+    /// assert!(store.expire(&key)?); // a live record was removed
+    /// assert!(!store.expire(&key)?); // nothing left to remove
+    /// assert!(matches!(store.claim(&key, None)?, ClaimOutcome::Acquired(_)));
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
     pub fn expire(&self, key: &Key) -> Result<bool> {
         let digest = self.validate_key(key)?;
         self.shared.check_poison()?;
@@ -451,6 +586,23 @@ impl Store {
 
     /// What the store holds for `key`, without changing anything. `None` when absent or
     /// expired.
+    ///
+    /// ```
+    /// use idemstore::{ClaimOutcome, Key, RecordInfo, Response, Store};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path().join("idem.redb"))?;
+    /// let key = Key::new("tenant-1", "invoice-5");
+    /// assert_eq!(store.get(&key)?, None);
+    /// let ClaimOutcome::Acquired(lease) = store.claim(&key, None)? else { unreachable!() };
+    /// assert!(matches!(store.get(&key)?, Some(RecordInfo::InFlight { attempt: 1, .. })));
+    /// store.complete(&lease, Response::new(204))?;
+    /// match store.get(&key)? {
+    ///     Some(RecordInfo::Completed(replay)) => assert_eq!(replay.response.status, 204),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
     pub fn get(&self, key: &Key) -> Result<Option<RecordInfo>> {
         let digest = self.validate_key(key)?;
         self.shared.check_poison()?;
@@ -494,6 +646,22 @@ impl Store {
 
     /// Makes every acknowledged operation durable now (useful with
     /// [`Durability::Bounded`](crate::Durability::Bounded); a cheap no-op otherwise).
+    ///
+    /// ```
+    /// use idemstore::{ClaimOutcome, Durability, Key, Store};
+    /// use std::time::Duration;
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// // Acknowledgements reach the disk within 50 ms instead of before each answer.
+    /// let store = Store::builder()
+    ///     .durability(Durability::Bounded { max_delay: Duration::from_millis(50) })
+    ///     .open(dir.path().join("idem.redb"))?;
+    /// let outcome = store.claim(&Key::new("tenant-1", "batch-1"), None)?;
+    /// assert!(matches!(outcome, ClaimOutcome::Acquired(_)));
+    /// // Before reporting a batch as accepted elsewhere: make it durable now.
+    /// store.flush()?;
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
     pub fn flush(&self) -> Result<()> {
         self.shared.check_poison()?;
         self.call(|reply| Op::Flush { reply })
@@ -517,6 +685,24 @@ impl Store {
     /// Finishes every queued operation, makes acknowledged work durable, stops the writer
     /// thread and closes the file. Dropping the store does the same; `close` reports a
     /// failure of the final sync.
+    ///
+    /// ```
+    /// use idemstore::{ClaimOutcome, Key, Response, Store};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("idem.redb");
+    /// let key = Key::new("tenant-1", "deploy-1");
+    /// let store = Store::open(&path)?;
+    /// let ClaimOutcome::Acquired(lease) = store.claim(&key, None)? else { unreachable!() };
+    /// store.complete(&lease, Response::new(202).body("queued"))?;
+    /// store.close()?;
+    ///
+    /// // The next process replays the result.
+    /// let store = Store::open(&path)?;
+    /// let ClaimOutcome::Replay(replay) = store.claim(&key, None)? else { unreachable!() };
+    /// assert_eq!(replay.response.body, b"queued");
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
     pub fn close(mut self) -> Result<()> {
         self.shutdown();
         self.shared.check_poison()
