@@ -130,16 +130,23 @@ fn a_torn_last_frame_is_an_unacknowledged_append() {
 fn another_stores_log_is_not_replayed() {
     // Store A leaves frames in its log.
     let a_after = crashed_with(0..5);
-    // Store B, closed cleanly, gets A's log beside its file.
+    // Store B holds two keys in its file, then loses power right after an open: its next open
+    // reads the log beside the file (a clean close would tell it not to), which is now A's.
     let b = SimDisk::new();
     let store = open(&b, 64 << 20).unwrap();
     fill(&store, 100..102);
     store.close().unwrap();
-    let foreign = log_bytes(&a_after);
-    b.log_backend().write(0, &foreign).unwrap();
     let store = open(&b, 64 << 20).unwrap();
+    let b_after = power_loss(&b);
+    drop(store);
+    let foreign = log_bytes(&a_after);
+    b_after.log_backend().write(0, &foreign).unwrap();
+    let store = open(&b_after, 64 << 20).unwrap();
     assert_replays(&store, 100..102);
-    assert_new(&store, 0);
+    // A's frames carry another generation: none of them is applied.
+    for i in 0..5 {
+        assert_new(&store, i);
+    }
 }
 
 #[test]
