@@ -93,24 +93,27 @@ fn callers_during_recovery_see_the_keys_that_are_live() {
         "{failed:?}"
     );
     // The writer thread recovers after answering (also when the failed commit ran in this
-    // thread).
-    let (mut absent, mut completed, mut reads) = (0, None, 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // Until the file is open again.
-    while store.stats().recoveries == 0 {
-        assert!(Instant::now() < deadline, "the store did not recover");
-        reads += 1;
-        match store.get(&owned) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                absent += 1;
-                // The owner finishes now.
-                completed.get_or_insert_with(|| store.complete(&lease, Response::new(200)));
+    // thread). Meanwhile the owner completes, and another caller reads the key.
+    let (mut absent, mut reads) = (0, 0);
+    let (during, completed) = std::thread::scope(|s| {
+        let owner = s.spawn(|| {
+            let during = store.stats().recoveries == 0;
+            (during, store.complete(&lease, Response::new(200)))
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Until the file is open again.
+        while store.stats().recoveries == 0 {
+            assert!(Instant::now() < deadline, "the store did not recover");
+            reads += 1;
+            match store.get(&owned) {
+                Ok(Some(_)) => {}
+                Ok(None) => absent += 1,
+                Err(e) => panic!("get during recovery: {e}"),
             }
-            Err(e) => panic!("get during recovery: {e}"),
         }
-    }
-    let completed = completed.unwrap_or_else(|| store.complete(&lease, Response::new(200)));
+        owner.join().unwrap()
+    });
+    assert!(during, "the owner's complete started after the recovery");
     assert!(
         matches!(completed, Ok(()) | Err(Error::OutcomeUnknown { .. })),
         "the owner's complete during recovery answered {completed:?}"
