@@ -30,9 +30,8 @@
 //! Three engine findings (all fixed) have their own tests:
 //! `get_during_recovery_or_poison_is_not_reported_as_corruption`,
 //! `counting_and_sweeping_during_recovery_wait_for_it` and
-//! `a_store_whose_first_open_failed_opens_once_the_fault_is_gone`. The campaigns count runs
-//! that would hit the last one (the fault fell in the creation of the file) and print that
-//! count (0 since the fix).
+//! `a_store_whose_first_open_failed_opens_once_the_fault_is_gone`. The campaigns also fail if
+//! a run hits the last one again (a fault in the creation of the file leaves it unopenable).
 //!
 //! `Durability::Bounded` has tests of its own (`bounded_mode_*`): an I/O error in a flush's sync
 //! or in a later batch's commit takes back nothing acknowledged before it, recovery never
@@ -42,7 +41,8 @@
 //!
 //! Knobs: `IDEMSTORE_FAULT_STRIDE` (run only every `k`-th `fail_from` point beyond the first
 //! 40; default 1, all of them) and `IDEMSTORE_FAULT_POINT` (`KIND:N`, e.g. `Sync:17`: only that
-//! injection point in each campaign; a failure prints it). The workloads are deterministic,
+//! injection point in each campaign of its kind, which fails if the workload has no such point;
+//! a failure prints it). The workloads are deterministic,
 //! so an injection point reproduces its run.
 
 #[path = "support/ack_model.rs"]
@@ -522,6 +522,22 @@ fn campaign(
             }
         }
     }
+    if let Some(p) = &only {
+        let in_campaign = kinds
+            .iter()
+            .any(|k| p.trim().starts_with(&format!("{k:?}:")));
+        assert!(
+            !in_campaign || tally.runs == 1,
+            "{name}: IDEMSTORE_FAULT_POINT={p} is not an injection point of this campaign \
+             (its workload makes {counts:?} operations)"
+        );
+    }
+    // A fault in the creation of the file once left it unopenable (fixed; see
+    // `a_store_whose_first_open_failed_opens_once_the_fault_is_gone`).
+    assert_eq!(
+        tally.bricked, 0,
+        "{name}: runs left the file unopenable after a failed creation"
+    );
     eprintln!(
         "{name}: workload ops {counts:?}; {} runs, fault reached in {}, errors surfaced in {}, \
          {} OutcomeUnknown answers, {} self-recoveries, {} poisoned, {} failed opens, \
