@@ -451,7 +451,7 @@ mod files {
 
     /// redb does not verify a table's stored length at an open, and the directory reserves
     /// room by it: a damaged length must not make the open allocate terabytes (an abort, which
-    /// no error can report).
+    /// no error can report). The open's scan counts the records and refuses the file.
     #[test]
     fn a_damaged_table_length_does_not_abort_the_open() {
         let (_dir, path) = temp();
@@ -475,16 +475,11 @@ mod files {
         }
         assert!(patched > 0, "the table length is stored as a u64");
         std::fs::write(&path, &bytes).unwrap();
-        // The snapshot of the clean close would spare the scan: remove it.
-        for entry in std::fs::read_dir(path.parent().unwrap()).unwrap() {
-            let entry = entry.unwrap().path();
-            if entry.to_string_lossy().ends_with("-snapshot") {
-                std::fs::remove_file(entry).unwrap();
-            }
-        }
+        // 777 keys is below `snapshot_min_keys`: the close wrote no snapshot, the open scans.
+        // The scan reads 777 records where the table claims 2^45: the open refuses the file.
         match Store::open(&path) {
-            Ok(store) => assert!(store.get(&Key::new("t", "key-0")).unwrap().is_some()),
-            Err(e) => assert!(matches!(e, Error::Corrupt { .. }), "{e:?}"),
+            Err(Error::Corrupt { .. }) => {}
+            other => panic!("{:?}", other.map(|_| ())),
         }
     }
 
