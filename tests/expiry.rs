@@ -386,16 +386,22 @@ fn sustained_load_does_not_starve_the_sweeper() {
     clock.advance(HOUR);
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
+    // Load claims that were not acquired, or whose release failed: none expected.
+    let failed = Arc::new(AtomicU64::new(0));
     let load: Vec<_> = (0..16u64)
         .map(|t| {
             let (store, stop, ops) = (Arc::clone(&store), Arc::clone(&stop), Arc::clone(&ops));
+            let failed = Arc::clone(&failed);
             std::thread::spawn(move || {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     // Fresh keys: every claim goes to the writer.
                     let key = Key::new(format!("load{t}"), i.to_le_bytes());
-                    if let Ok(ClaimOutcome::Acquired(lease)) = store.claim(&key, None) {
-                        let _ = store.release(&lease);
+                    match store.claim(&key, None) {
+                        Ok(ClaimOutcome::Acquired(lease)) if store.release(&lease).is_ok() => {}
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     ops.fetch_add(1, Ordering::Relaxed);
                     i += 1;
@@ -425,6 +431,7 @@ fn sustained_load_does_not_starve_the_sweeper() {
         panic!("50 expired records not swept in 15 s under load: {expired} swept, {during} claims served meanwhile")
     });
     assert_eq!(swept.unwrap(), 50);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "load claims failed");
 }
 
 /// Failed before the fix (a review finding): the first pass after a long downtime scanned every
