@@ -472,7 +472,10 @@ impl Store {
     }
 
     /// Forgets the attempt `lease` was acquired for (it failed before having effects the
-    /// server wants to keep), so a retry of the request runs afresh. Fenced like `complete`.
+    /// server wants to keep), so a retry of the request runs afresh. Fenced: if the key was
+    /// taken over by a later attempt, or completed, nothing changes and [`Error::StaleLease`]
+    /// is returned. Releasing again, or after the record expired with nobody claiming the key
+    /// since, succeeds (there is nothing left to release).
     ///
     /// ```
     /// use idemstore::{ClaimOutcome, Error, Key, Response, Store};
