@@ -26,7 +26,7 @@ struct HttpResponse {
     body: String,
 }
 
-/// The idempotency layer of an HTTP server over the store (the rules of BEHAVIOUR.md): only
+/// The idempotency layer of an HTTP server over the store (the rules of docs/BEHAVIOUR.md): only
 /// POST honours the key; a key is 1 to 255 bytes without control characters; a response the
 /// server does not keep (4xx validation errors, 5xx handler errors) releases the key so a
 /// retry runs fresh; a store that cannot answer is a 503, never a panic.

@@ -1,7 +1,8 @@
-//! Every rule of `BEHAVIOUR.md`, through the public API, with a manual clock.
+//! Every rule of `docs/BEHAVIOUR.md` (the behaviour the store was designed for), through the
+//! public API, with a manual clock.
 //!
 //! One module per rule. The last module is a tiny HTTP adapter written on top of the store,
-//! reproducing the HTTP contract of `BEHAVIOUR.md` exactly, and a test driving it.
+//! reproducing the HTTP contract of `docs/BEHAVIOUR.md` exactly, and a test driving it.
 
 use idemstore::{
     ClaimOutcome, Error, Fingerprint, Key, Lease, ManualClock, RecordInfo, Replay, Response, Store,
@@ -827,7 +828,7 @@ mod clock {
 }
 
 mod http {
-    //! A minimal HTTP idempotency layer on top of the store, reproducing `BEHAVIOUR.md`.
+    //! A minimal HTTP idempotency layer on top of the store, reproducing `docs/BEHAVIOUR.md`.
 
     use super::*;
     use std::cell::Cell;
@@ -1117,5 +1118,44 @@ mod http {
         assert_eq!((later.0, runs.get()), (201, 10));
         assert_eq!(header(&later, "X-Idempotency-Replayed"), None);
         assert_eq!(later.2, b"{\"id\":\"prj_4\"}");
+    }
+    /// A store that cannot check the key (here: `max_in_flight` requests already in flight)
+    /// answers `503` with `Retry-After`, without running the action; once room is back the
+    /// retry runs.
+    #[test]
+    fn http_store_unavailable_is_503() {
+        let f = Fixture::new();
+        let store = Store::builder()
+            .clock(f.clock.clone())
+            .max_key_len(SCOPE_LEN + MAX_KEY)
+            .max_in_flight(1)
+            .open(&f.path)
+            .expect("open store");
+        let tenant = ("Authorization", "Bearer key_a");
+        let post = |key: &str, run: &mut dyn FnMut() -> Http| {
+            handle(
+                &store,
+                "POST",
+                "/v1/projects",
+                &[tenant, ("X-Idempotency-Key", key)],
+                b"{}",
+                run,
+            )
+        };
+        let first = post("first", &mut || {
+            let refused = post("second", &mut never);
+            assert_eq!(
+                (refused.0, refused.2.as_slice()),
+                (503, UNAVAILABLE.as_bytes())
+            );
+            assert_eq!(header(&refused, "Retry-After"), Some(&b"1"[..]));
+            json(201, "{}")
+        });
+        assert_eq!(first.0, 201);
+        let retry = post("second", &mut || json(201, r#"{"id":"prj_2"}"#));
+        assert_eq!(
+            (retry.0, header(&retry, "X-Idempotency-Replayed")),
+            (201, None)
+        );
     }
 }
