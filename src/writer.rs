@@ -895,6 +895,9 @@ impl Desk {
         writer.rescue_unsynced();
         if writer.unsynced_since.is_some() {
             writer.sync();
+            // A sync that failed here, and the recovery after it, leave the operations in
+            // memory with a reason promising an attempt at close: this is it.
+            writer.rescue_unsynced();
         }
         writer.final_commit();
     }

@@ -1146,6 +1146,30 @@ fn bounded_mode_a_fault_outlasting_recovery_loses_nothing_once_healed() {
     }
 }
 
+/// A fault that first strikes the close's own sync (bounded mode, acknowledged operations not
+/// yet synced, no fault before): the close's recovery fails too, and its `Poisoned` reason must
+/// say what became of them. Before the fix it said they were "kept in memory and written when
+/// the store is closed" although the close had already made its one attempt: they were lost.
+#[test]
+fn bounded_mode_a_fault_at_the_close_sync_is_reported_by_the_close() {
+    let disk = SimDisk::new();
+    let store = bounded_store(&disk, None);
+    let (_held, _lease, done, _body) = held_and_done(&store);
+    disk.fail_from(Op::Write, 1);
+    let Err(Error::Poisoned { reason }) = store.close() else {
+        panic!("a close whose sync failed for good answered Ok")
+    };
+    assert!(reason.contains("so they are lost"), "{reason}");
+    disk.heal();
+    // Lost as in a power loss: gone entirely, never altered.
+    let store = bounded_store_on(&disk);
+    let again = store.claim(&done, None).unwrap();
+    assert!(
+        matches!(&again, ClaimOutcome::Acquired(l) if !l.is_takeover()),
+        "{again:?}"
+    );
+}
+
 /// Recovery writes the acknowledged-but-unsynced operations of a poisoned bounded-mode store
 /// only if no other store opened the file since (the file is unlocked while poisoned): never
 /// over another store's changes. (Without that check, here, the stale record is written beside
