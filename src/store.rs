@@ -686,8 +686,10 @@ impl Store {
     }
 
     /// Finishes every queued operation, makes acknowledged work durable, stops the writer
-    /// thread and closes the file. Dropping the store does the same; `close` reports a
-    /// failure of the final sync.
+    /// thread and closes the file. Dropping the store does the same; `close` also reports a
+    /// failure of its last writes, as [`Error::Poisoned`] with a reason that says whether any
+    /// acknowledged operation was affected (only those of
+    /// [`Durability::Bounded`](crate::Durability::Bounded) not yet synced can be).
     ///
     /// ```
     /// use idemstore::{ClaimOutcome, Key, Response, Store};

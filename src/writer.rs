@@ -284,7 +284,17 @@ impl Writer {
         });
         match result {
             Ok(()) => self.high_water_persisted = now,
-            Err(e) => warn!("the final commit at close failed: {e}"),
+            Err(e) => {
+                // Every acknowledged operation was durable before it (in the commit log, or
+                // synced by the close); what this commit records (the clock's high-water
+                // mark, a clean close, the snapshot's id) is not. `close` reports it.
+                let reason = format!(
+                    "the final commit at close failed: {e} (every acknowledged operation was \
+                     already durable; the next open recovers the file)"
+                );
+                warn!("{reason}");
+                self.shared.poison(reason);
+            }
         }
     }
 

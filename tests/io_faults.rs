@@ -240,11 +240,15 @@ impl<'d> Workload<'d> {
             if let Some(store) = opened {
                 self.steps(&store, steps)?;
                 self.mark(["steps before the reopen", "steps after the reopen"][i]);
-                // Closing writes too (redb records a clean shutdown in `Database::drop`); a
-                // failure there cannot be reported, and the next open repairs the file.
+                // Closing writes too: the store's final commit, whose failure `close` reports
+                // (nothing acknowledged is at stake in it), and redb's record of a clean
+                // shutdown in `Database::drop`, whose failure cannot be reported (the next open
+                // repairs the file).
                 match store.close() {
                     Ok(()) => {}
                     Err(Error::Poisoned { .. }) if self.out.poisoned => {}
+                    Err(Error::Poisoned { reason })
+                        if reason.starts_with("the final commit at close failed") => {}
                     Err(e) => return Err(format!("close answered {e:?}")),
                 }
                 self.mark(["close before the reopen", "final close"][i]);
@@ -1144,6 +1148,43 @@ fn bounded_mode_a_fault_outlasting_recovery_loses_nothing_once_healed() {
             );
         }
     }
+}
+
+/// The close's final commit (the clock's high-water mark, the commit log marked applied)
+/// fails: `close` says so, as `Poisoned` with a reason saying nothing acknowledged is at stake
+/// (before, it answered `Ok`), and the next open has every acknowledged operation.
+#[test]
+fn a_failed_final_commit_is_reported_by_the_close() {
+    let disk = SimDisk::new();
+    let open = |disk: &SimDisk| {
+        Builder::new()
+            .clock(ManualClock::new(T0))
+            .open_sim(disk)
+            .expect("open")
+    };
+    let store = open(&disk);
+    let (held, lease, done, body) = held_and_done(&store);
+    disk.fail_from(Op::Sync, 1);
+    let Err(Error::Poisoned { reason }) = store.close() else {
+        panic!("a close whose final commit failed answered Ok")
+    };
+    assert!(
+        reason.starts_with("the final commit at close failed")
+            && reason.contains("already durable"),
+        "{reason}"
+    );
+    disk.heal();
+    let store = open(&disk);
+    let replayed = store.claim(&done, None).unwrap();
+    assert!(
+        matches!(&replayed, ClaimOutcome::Replay(r) if r.response == body),
+        "an acknowledged completion was lost: {replayed:?}"
+    );
+    let again = store.claim(&held, None).unwrap();
+    assert!(
+        matches!(&again, ClaimOutcome::Acquired(l) if l.is_takeover() && l.token() > lease.token()),
+        "an acknowledged claim was lost: {again:?}"
+    );
 }
 
 /// A fault that first strikes the close's own sync (bounded mode, acknowledged operations not
