@@ -538,15 +538,19 @@ impl Store {
         let digest = self.validate_key(&lease.key)?;
         self.shared.check_poison()?;
         // Staleness never ends (a token never regains its key), so the committed directory
-        // can refuse a stale token without a trip to the writer.
-        let slot = self.shared.index.get(digest);
+        // can refuse a stale token without a trip to the writer. Not when the refusal rests on
+        // the record having expired: the writer answers that, in a commit that records the
+        // time it used, so a crash and a clock stepping back cannot bring the record back to
+        // an owner already told it lost it.
+        let entry = self
+            .shared
+            .index
+            .get(digest)
+            .map(|s| s.entry(self.shared.epoch));
         let now = self.shared.time.now();
-        if machine::owner(
-            slot.map(|s| s.entry(self.shared.epoch)).as_ref(),
-            lease.token,
-            kind,
-            now,
-        ) == OwnerDecision::Stale
+        let expired = entry.as_ref().is_some_and(|e| !e.is_live(now));
+        if !expired
+            && machine::owner(entry.as_ref(), lease.token, kind, now) == OwnerDecision::Stale
         {
             Counters::bump(&self.shared.counters.stale_token_rejections);
             return Err(Error::StaleLease { token: lease.token });

@@ -810,6 +810,49 @@ mod clock {
         assert!(matches!(claim(&store, &k), ClaimOutcome::Acquired(_)));
     }
 
+    /// An owner told `StaleLease` because its record expired keeps that answer across a
+    /// power loss and a clock stepping back. Before the fix the refusal came from the
+    /// directory in memory, with no commit recording the time it used, and after the restart
+    /// the same lease completed the key.
+    #[test]
+    fn a_stale_answer_for_an_expired_record_survives_a_crash_and_a_step_back() {
+        use idemstore::sim_disk::SimDisk;
+        let clock = ManualClock::new(T0);
+        let open = |disk: &SimDisk| {
+            Store::builder()
+                .clock(clock.clone())
+                .sweep_interval(Duration::from_secs(3600))
+                .open_sim(disk)
+                .expect("open")
+        };
+        let disk = SimDisk::new();
+        let store = open(&disk);
+        let k = key("expiring");
+        let mut lease = acquired(
+            store
+                .claim_with_ttl(&k, None, Duration::from_secs(10))
+                .expect("claim"),
+        );
+        clock.set_ms(T0 + 10_000);
+        let late = store.complete(&lease, created());
+        assert!(matches!(late, Err(Error::StaleLease { .. })), "{late:?}");
+        let renewed = store.renew(&mut lease);
+        assert!(
+            matches!(renewed, Err(Error::StaleLease { .. })),
+            "{renewed:?}"
+        );
+        let survivor = disk.crash(7);
+        drop(store);
+        clock.set_ms(T0 + 1_000);
+        let store = open(&survivor);
+        let again = store.complete(&lease, created());
+        assert!(
+            matches!(again, Err(Error::StaleLease { .. })),
+            "the answer StaleLease was taken back: {again:?}"
+        );
+        assert_eq!(store.get(&k).expect("get"), None);
+    }
+
     #[test]
     fn stepping_back_across_a_reopen_does_not_resurrect_either() {
         let f = Fixture::new();
