@@ -71,7 +71,8 @@
 //!    highest time already used, or persisted (by every commit and a clean close) before a
 //!    restart; the store's time stands still until the clock catches up, so leases and
 //!    lifetimes do not run meanwhile (`docs/DESIGN.md`, Time). So a key that a write found
-//!    expired, or the sweeper removed, is never resurrected. A read alone persists nothing: a
+//!    expired (a claim, or a complete or renew refused as stale for it), or the sweeper
+//!    removed, is never resurrected. A read alone persists nothing: a
 //!    key that `get` saw expired in the moments before the sweeper removed it can read as
 //!    live again if the process then crashes and restarts on a clock that stepped back.
 //!
