@@ -1156,12 +1156,7 @@ fn bounded_mode_a_fault_outlasting_recovery_loses_nothing_once_healed() {
 #[test]
 fn a_failed_final_commit_is_reported_by_the_close() {
     let disk = SimDisk::new();
-    let open = |disk: &SimDisk| {
-        Builder::new()
-            .clock(ManualClock::new(T0))
-            .open_sim(disk)
-            .expect("open")
-    };
+    let open = |disk: &SimDisk| builder(&ManualClock::new(T0)).open_sim(disk).expect("open");
     let store = open(&disk);
     let (held, lease, done, body) = held_and_done(&store);
     disk.fail_from(Op::Sync, 1);
