@@ -33,6 +33,10 @@ pub(crate) struct Shared {
     /// The expiry sweeper's state (`None` for the key-ordered benchmark layout).
     pub(crate) sweep: Option<Sweep>,
     db: RwLock<Option<Arc<Db>>>,
+    /// Set when a commit fails, before its operations get `OutcomeUnknown`; cleared once the
+    /// writer has reopened the file and reloaded the directory. Meanwhile the directory lacks
+    /// the failed batch's changes, which may have reached the disk.
+    recovery_pending: AtomicBool,
     poisoned: AtomicBool,
     poison_reason: Mutex<Option<String>>,
 }
@@ -70,6 +74,16 @@ impl Shared {
                 "the store kept reopening its file after failed commits; retry",
             ))),
         })
+    }
+
+    /// A commit failed: answers from the directory wait for the recovery from now on.
+    pub(crate) fn recovery_begins(&self) {
+        self.recovery_pending.store(true, Ordering::Release);
+    }
+
+    /// The directory was reloaded from the reopened file.
+    pub(crate) fn recovery_ends(&self) {
+        self.recovery_pending.store(false, Ordering::Release);
     }
 
     pub(crate) fn take_database(&self) -> Option<Arc<Db>> {
@@ -165,6 +179,7 @@ impl Store {
                 )
             }),
             db: RwLock::new(None),
+            recovery_pending: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(None),
             config,
@@ -362,6 +377,7 @@ impl Store {
     ) -> Result<ClaimOutcome> {
         let digest = self.validate_key(key)?;
         self.shared.check_poison()?;
+        self.await_recovery()?;
         if let Some(answer) = self.answer_from_directory(key, digest, fingerprint)? {
             return Ok(answer);
         }
@@ -427,6 +443,33 @@ impl Store {
             return Ok(Some(answer));
         }
         Ok(None)
+    }
+
+    /// Waits, after a failed commit, until the writer has reopened the file and reloaded the
+    /// directory (a flush queues behind that). Until then the directory may lack the failed
+    /// batch's changes, which may have reached the disk: an answer from it, given after the
+    /// batch's callers got `OutcomeUnknown`, could show a state that the recovered store then
+    /// contradicts (a key read as in flight, then found released). With this wait, every answer
+    /// given after an `OutcomeUnknown` shows the batch either applied or not, for good.
+    fn await_recovery(&self) -> Result<()> {
+        for _ in 0..REPLAY_LOOKUPS {
+            if !self.shared.recovery_pending.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            match self.flush() {
+                // A later commit failed too: wait for that recovery.
+                Ok(()) | Err(Error::OutcomeUnknown { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.shared.recovery_pending.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(Error::OutcomeUnknown {
+            source: Arc::new(Error::Io(std::io::Error::other(
+                "the store kept reopening its file after failed commits; retry",
+            ))),
+        })
     }
 
     fn read_record(&self, key: &Key, slot: &Slot) -> Result<Option<crate::codec::Record>> {
@@ -537,6 +580,7 @@ impl Store {
     ) -> Result<Option<Millis>> {
         let digest = self.validate_key(&lease.key)?;
         self.shared.check_poison()?;
+        self.await_recovery()?;
         // Staleness never ends (a token never regains its key), so the committed directory
         // can refuse a stale token without a trip to the writer. Not when the refusal rests on
         // the record having expired: the writer answers that, in a commit that records the
@@ -613,6 +657,7 @@ impl Store {
     pub fn get(&self, key: &Key) -> Result<Option<RecordInfo>> {
         let digest = self.validate_key(key)?;
         self.shared.check_poison()?;
+        self.await_recovery()?;
         for _ in 0..REPLAY_LOOKUPS {
             let Some(slot) = self.shared.index.get(digest) else {
                 return Ok(None);

@@ -364,6 +364,8 @@ impl Writer {
             Err(e) => {
                 warn!("group commit of {} operations failed: {e}", done.len());
                 Counters::bump(&self.shared.counters.failed_commits);
+                // Before any of the batch's callers learns of the failure.
+                self.shared.recovery_begins();
                 let source = Arc::new(e);
                 for op in batch.drain(..) {
                     done.push(op.into_failed());
@@ -644,6 +646,7 @@ impl Writer {
                     self.seq_reserved = opened.seq_reserved;
                     self.high_water_persisted = opened.high_water;
                     shared.install_database(opened.db);
+                    shared.recovery_ends();
                     if let Some(sweep) = &shared.sweep {
                         sweep.rescan();
                     }

@@ -1272,3 +1272,51 @@ fn bounded_store_on(disk: &SimDisk) -> Store {
         .open_sim(disk)
         .expect("reopen")
 }
+
+/// After a failed commit the writer thread reopens the file and reloads the directory, which
+/// then holds the failed batch's changes if they reached the disk (here a release whose log
+/// frame was written before its sync failed). Before the fix, answers given in between, after
+/// the batch's callers had their `OutcomeUnknown`, came from the directory as it was before
+/// the batch: the released key read as in flight, then, once recovered, as absent. Every
+/// answer after an `OutcomeUnknown` must show the batch either applied or not, for good.
+/// Found by `transient_faults_under_concurrent_callers` (`tests/power_loss.rs`).
+#[test]
+fn answers_after_an_unknown_outcome_never_change_their_mind() {
+    let (mut unknown, mut landed) = (0, 0);
+    for kind in [Op::Write, Op::Sync] {
+        for n in 1..=3 {
+            let disk = SimDisk::new();
+            let store = builder(&ManualClock::new(T0))
+                .open_sim(&disk)
+                .expect("open");
+            let key = Key::new("tenant", "released");
+            let lease = lease_of(store.claim(&key, None).unwrap());
+            disk.fail_nth(kind, n);
+            let released = store.release(&lease);
+            disk.heal();
+            match released {
+                Err(Error::OutcomeUnknown { .. }) => unknown += 1,
+                // The fault fell after the release's commit.
+                Ok(()) => continue,
+                Err(e) => panic!("{kind:?} #{n}: release answered {e}"),
+            }
+            // At once: the writer thread may not have reopened the file yet.
+            let first = store.get(&key).unwrap();
+            store.flush().unwrap();
+            let second = store.get(&key).unwrap();
+            assert_eq!(
+                first.is_some(),
+                second.is_some(),
+                "{kind:?} #{n}: the key read {first:?}, then {second:?} once the store recovered"
+            );
+            if second.is_none() {
+                landed += 1;
+            }
+        }
+    }
+    // Not vacuous: some failed releases reached the disk.
+    assert!(
+        unknown > 0 && landed > 0,
+        "{unknown} unknown, {landed} landed"
+    );
+}
