@@ -160,6 +160,9 @@ struct Worker {
     /// Set before the disk starts failing: failures are expected from then on.
     crashed: Arc<AtomicBool>,
     progress: Arc<AtomicU64>,
+    /// Go on after an operation whose outcome is unknown or that failed (a transient fault:
+    /// the store recovers by itself); stop at `Poisoned` only.
+    keep_going: bool,
 }
 
 impl Worker {
@@ -192,8 +195,11 @@ impl Worker {
                 Ok(effect) => {
                     if !self.crashed.load(Ordering::SeqCst) {
                         violations.push(format!("{effect:?} failure before the power loss"));
+                        break;
                     }
-                    break;
+                    if !self.keep_going || effect == Effect::Poisoned {
+                        break;
+                    }
                 }
                 Err(v) => {
                     violations.push(v);
@@ -303,6 +309,10 @@ enum Mode {
     MidIo,
     /// Under three threads running operations.
     Concurrent,
+    /// Under three threads running operations while one write, `set_len` or sync of the disk
+    /// fails: the store recovers by itself (or poisons itself), the threads run on against
+    /// the recovered store, and the power goes once they are done.
+    TransientFault,
 }
 
 /// One workload: its generations, power losses and checks.
@@ -320,6 +330,29 @@ struct Run {
     images: u64,
     seeds_tried: u64,
     hot_serial: u64,
+    /// Transient faults: armed, fired, and the store's recoveries and poisonings after them.
+    faults: FaultTally,
+}
+
+/// What the transient faults of [`Mode::TransientFault`] did.
+#[derive(Clone, Copy, Debug, Default)]
+struct FaultTally {
+    armed: u64,
+    fired: u64,
+    recoveries: u64,
+    poisoned: u64,
+    /// Operations answered after the store recovered from a fault.
+    after_recovery: u64,
+}
+
+impl FaultTally {
+    fn add(&mut self, o: &FaultTally) {
+        self.armed += o.armed;
+        self.fired += o.fired;
+        self.recoveries += o.recoveries;
+        self.poisoned += o.poisoned;
+        self.after_recovery += o.after_recovery;
+    }
 }
 
 impl Run {
@@ -341,6 +374,7 @@ impl Run {
             images: 0,
             seeds_tried: 0,
             hot_serial: 0,
+            faults: FaultTally::default(),
         }
     }
 
@@ -353,7 +387,7 @@ impl Run {
             for _ in 0..steps {
                 self.sequential_step(&store, false)?;
             }
-            let hot = if self.mode == Mode::Concurrent {
+            let hot = if self.mode != Mode::MidIo {
                 Some(self.concurrent_phase(store, &disk)?)
             } else {
                 self.stop_mid_io(&store, &disk)?;
@@ -422,6 +456,7 @@ impl Run {
                     stop: Arc::clone(&stop),
                     crashed: Arc::clone(&crashed),
                     progress: Arc::clone(&progress),
+                    keep_going: self.mode == Mode::TransientFault,
                 };
                 let finished = Arc::clone(&finished);
                 std::thread::Builder::new()
@@ -439,7 +474,9 @@ impl Run {
             std::thread::sleep(Duration::from_micros(100));
         }
         crashed.store(true, Ordering::SeqCst);
-        if self.rng.chance(50) {
+        if self.mode == Mode::TransientFault {
+            self.transient_fault(&store, disk, &progress, &all_done);
+        } else if self.rng.chance(50) {
             // The machine stops at a disk operation in the middle of the threads' batches;
             // the power goes once the store noticed (every thread stops at its first failure).
             disk.fail_from(Op::Any, self.rng.range(1, 20));
@@ -479,6 +516,38 @@ impl Run {
         let events = std::mem::take(&mut *log.lock());
         let keys = Arc::try_unwrap(hot).map_err(|_| "hot keys still shared".to_string())?;
         Ok(Hot { keys, events })
+    }
+
+    /// One write, `set_len` or sync fails while the threads run; they run on until done (the
+    /// store recovered) or poisoned, then the disk is healed.
+    fn transient_fault(
+        &mut self,
+        store: &Store,
+        disk: &SimDisk,
+        progress: &AtomicU64,
+        all_done: &dyn Fn() -> bool,
+    ) {
+        let kind = [Op::Write, Op::SetLen, Op::Sync][self.rng.below(3) as usize];
+        let n = self.rng.range(1, 6);
+        let before = disk.counts().get(kind);
+        let (recoveries, answered) = (store.stats().recoveries, progress.load(Ordering::SeqCst));
+        disk.fail_nth(kind, n);
+        while !all_done() {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        disk.heal();
+        let t = &mut self.faults;
+        t.armed += 1;
+        if disk.counts().get(kind) - before >= n {
+            t.fired += 1;
+            let recovered = store.stats().recoveries - recoveries;
+            t.recoveries += recovered;
+            if store.flush().is_err() {
+                t.poisoned += 1;
+            } else if recovered > 0 {
+                t.after_recovery += progress.load(Ordering::SeqCst) - answered;
+            }
+        }
     }
 
     /// Draws the outcomes of the power loss on `dead`, checks each, and returns the store and
@@ -745,13 +814,15 @@ fn check_hot(
 }
 
 /// Runs workloads in `mode` until they crashed at half the wanted crash points (the other half
-/// is the other mode's).
+/// is the other mode's), or a quarter more for [`Mode::TransientFault`].
 fn campaign(mode: Mode) {
-    let wanted = env_u64("IDEMSTORE_CRASH_POINTS").unwrap_or(DEFAULT_POINTS) / 2;
+    let share = if mode == Mode::TransientFault { 4 } else { 2 };
+    let wanted = env_u64("IDEMSTORE_CRASH_POINTS").unwrap_or(DEFAULT_POINTS) / share;
     let base = base_seed(DEFAULT_SEED);
     let panics = panic_count();
     let started = Instant::now();
     let (mut losses, mut images, mut tried, mut workloads) = (0, 0, 0, 0u64);
+    let mut faults = FaultTally::default();
     while losses < wanted.max(1) {
         let seed = base.wrapping_add(workloads);
         let mut run = Run::new(seed, mode);
@@ -770,6 +841,7 @@ fn campaign(mode: Mode) {
             );
         }
         losses += run.losses;
+        faults.add(&run.faults);
         images += run.images;
         tried += run.seeds_tried;
         workloads += 1;
@@ -778,6 +850,21 @@ fn campaign(mode: Mode) {
         "power loss, {mode:?}: {losses} crash points (power losses at random moments), {images} distinct post-crash images checked (from {tried} crash seeds), in {workloads} workloads, 0 violations, {:.1?} (base seed {base:#x})",
         started.elapsed()
     );
+    if mode == Mode::TransientFault {
+        eprintln!("transient faults: {faults:?}");
+        // Not vacuous at the default size: the faults fire, and the store recovers from them
+        // and answers again before the power goes.
+        if faults.armed >= 100 {
+            assert!(
+                faults.fired * 2 >= faults.armed,
+                "few faults fired: {faults:?}"
+            );
+            assert!(
+                faults.recoveries > 0 && faults.after_recovery > 0,
+                "no operation ran after a recovery: {faults:?}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -788,4 +875,9 @@ fn power_loss_in_the_middle_of_io() {
 #[test]
 fn power_loss_under_concurrent_callers() {
     campaign(Mode::Concurrent);
+}
+
+#[test]
+fn transient_faults_under_concurrent_callers() {
+    campaign(Mode::TransientFault);
 }
