@@ -53,7 +53,9 @@
 //! - when `release` or `renew` returns `Ok`, that change is on disk;
 //! - a replay is only ever served from committed, synced state;
 //! - a commit that fails answers every operation in it with [`Error::OutcomeUnknown`] and
-//!   acknowledges none of them.
+//!   acknowledges none of them; the store then reopens its file, and calls made meanwhile wait
+//!   for that, so every later answer shows each of those operations either done or not, for
+//!   good.
 //!
 //! With [`Durability::Bounded`] acknowledgements come before the sync, and a crash loses what
 //! was acknowledged within the configured delay before it (see its docs).
