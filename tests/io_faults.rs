@@ -27,10 +27,13 @@
 //! (with `set_len` failing for good it may recover by itself: reopening needs no `set_len`).
 //! A real file that runs out of space (`FaultyFile` with a space limit) gets the same checks.
 //!
-//! Three engine findings (all fixed) have their own tests:
+//! Four engine findings (all fixed) have their own tests:
 //! `get_during_recovery_or_poison_is_not_reported_as_corruption`,
-//! `counting_and_sweeping_during_recovery_wait_for_it` and
-//! `a_store_whose_first_open_failed_opens_once_the_fault_is_gone`. The campaigns also fail if
+//! `counting_and_sweeping_during_recovery_wait_for_it`,
+//! `a_store_whose_first_open_failed_opens_once_the_fault_is_gone` and
+//! `answers_after_an_unknown_outcome_never_change_their_mind`. The workload here has one
+//! caller; `tests/power_loss.rs` (`transient_faults_under_concurrent_callers`) runs faults under
+//! three. The campaigns also fail if
 //! a run hits the last one again (a fault in the creation of the file leaves it unopenable).
 //!
 //! `Durability::Bounded` has tests of its own (`bounded_mode_*`): an I/O error in a flush's sync

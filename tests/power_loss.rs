@@ -5,14 +5,21 @@
 //! generation runs random claims (some with their own lifetime, some with another fingerprint),
 //! completes (bodies up to 40 KB), releases, renews, expiries, reads, sweeps
 //! (`run_pending_expiry`) and clock moves (past leases and past lifetimes too), then the power
-//! goes. Two tests, one per way the power goes:
+//! goes. Three tests, one per way the power goes:
 //! - `power_loss_in_the_middle_of_io`: the machine stops at a random disk operation
 //!   (`fail_from(Any, m)`), the workload runs on until the store notices, and the disk crashes;
 //! - `power_loss_under_concurrent_callers`: three threads run operations on their own keys and
 //!   race for two shared keys (claim, complete, release, renew), and the disk crashes under them
 //!   after a random number of operations, at once or after the machine stopped at a random
 //!   disk operation in the middle of their batches. Their later operations fail, which is
-//!   fine: only acknowledged operations count.
+//!   fine: only acknowledged operations count;
+//! - `transient_faults_under_concurrent_callers`: the same three threads, while one write,
+//!   `set_len` or sync fails (`fail_nth`) in the middle of their batches; the store recovers
+//!   by itself and the threads run on against it, each answer checked against the model (an
+//!   operation answered `OutcomeUnknown` happened or not, and every later answer must agree
+//!   on which), until they are done; then the power goes. It found the store answering from
+//!   its directory as before a failed batch while it reopened the file (fixed in 4237433;
+//!   `io_faults::answers_after_an_unknown_outcome_never_change_their_mind`).
 //!
 //! Each power loss is one *crash point* (a random moment of the workload). The dead disk then
 //! yields up to ten distinct outcomes of it (`SimDisk::crash(seed)` over 24 seeds: the durable
@@ -37,7 +44,8 @@
 //! One image per power loss carries the workload into the next generation, a quarter of the
 //! time after a second power loss in the middle of reopening (`fail_from` during the open).
 //!
-//! Knobs: `IDEMSTORE_CRASH_POINTS` (power losses; default 2,000, half per test) and `IDEMSTORE_SEED` (base
+//! Knobs: `IDEMSTORE_CRASH_POINTS` (power losses; default 2,000, half for each of the first two
+//! tests and a quarter more for the transient faults) and `IDEMSTORE_SEED` (base
 //! seed; workload `i` uses seed + i, and a failure prints the seed that reproduces it as
 //! workload 0). The concurrent phase depends on thread scheduling, so a seed reproduces its
 //! operations but not always their interleaving.
