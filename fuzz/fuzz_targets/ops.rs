@@ -123,6 +123,10 @@ struct Run {
     poisoned: bool,
     /// Keys touched by operations whose outcome is unknown, to read back.
     uncertain: Vec<u8>,
+    /// An operation answered `OutcomeUnknown` in the last step and the target has not waited
+    /// for the store's recovery yet: the next operation (or reopen) runs first, while the
+    /// store may still be reopening its file, and its answer must agree with the candidates.
+    unsettled: bool,
     /// Ids for leases whose claim did not return (counting down from the top).
     phantom: LeaseId,
 }
@@ -203,7 +207,8 @@ impl Run {
                 let ok;
                 (self.models, ok) = dedup(next_models);
                 self.uncertain.push(op_key(&op));
-                ok && self.settle()
+                self.unsettled = true;
+                ok
             }
             Err(Error::Poisoned { .. }) if self.armed || self.poisoned => {
                 self.poisoned = true;
@@ -334,8 +339,35 @@ impl Run {
         Some((self.d.leases[id].key().key()[1], id as LeaseId))
     }
 
-    /// Runs one step; `false` to stop.
+    /// Runs one step; `false` to stop. After an `OutcomeUnknown` the target waits for the
+    /// store's recovery and reads back the keys involved: before a step of the clock, the
+    /// disk or a sweep, or after the next operation or reopen (which thus runs while the
+    /// store may still be reopening its file).
     fn step(&mut self, step: Step) -> bool {
+        let unsettled = std::mem::take(&mut self.unsettled);
+        let runs_first = matches!(
+            step,
+            Step::Claim { .. }
+                | Step::Complete { .. }
+                | Step::Release { .. }
+                | Step::Renew { .. }
+                | Step::Expire { .. }
+                | Step::Get { .. }
+                | Step::Reopen
+                | Step::Crash { .. }
+        );
+        if unsettled && !runs_first && !self.settle() {
+            return false;
+        }
+        let go = self.step_now(step);
+        // Unless this step left an unknown outcome of its own, to be settled after the next.
+        if go && unsettled && !self.unsettled && !self.poisoned {
+            return self.settle();
+        }
+        go
+    }
+
+    fn step_now(&mut self, step: Step) -> bool {
         let go = match step {
             Step::Claim { key, fp, ttl_ms } => self.op(Op::Claim {
                 key: key.0 as u8,
@@ -416,6 +448,7 @@ fuzz_target!(|steps: Vec<Step>| {
         armed: false,
         poisoned: false,
         uncertain: Vec::new(),
+        unsettled: false,
         phantom: LeaseId::MAX,
     };
     for step in steps.into_iter().take(MAX_STEPS) {
