@@ -47,8 +47,8 @@ pub enum Error {
     },
     /// The batch this operation belonged to failed to commit, and the store cannot tell whether
     /// it reached the disk. Retry the operation: a retried `claim` sees either the earlier
-    /// attempt (in flight until its lease ends) or a fresh key. Every answer given after this
-    /// one agrees on which (calls wait while the store reopens its file after the failure).
+    /// attempt (in flight until its lease ends) or a fresh key. Every call made after this
+    /// answer agrees on which (calls wait while the store reopens its file after the failure).
     OutcomeUnknown {
         /// The storage failure behind it (shared by every operation of the failed batch).
         source: std::sync::Arc<Error>,

@@ -54,8 +54,8 @@
 //! - a replay is only ever served from committed, synced state;
 //! - a commit that fails answers every operation in it with [`Error::OutcomeUnknown`] and
 //!   acknowledges none of them; the store then reopens its file, and calls made meanwhile wait
-//!   for that, so every later answer shows each of those operations either done or not, for
-//!   good.
+//!   for that, so every call made after such an answer (but [`Store::stats`], whose counts
+//!   may lag) shows each of those operations either done or not, for good.
 //!
 //! With [`Durability::Bounded`] acknowledgements come before the sync, and a crash loses what
 //! was acknowledged within the configured delay before it (see its docs).

@@ -56,14 +56,18 @@ impl Shared {
     }
 
     /// The database, waiting with `flush` (an operation queued at the writer, which runs
-    /// after a recovery in progress) while the writer reopens it after a failed commit.
+    /// after a recovery in progress) from a failed commit until the writer has reopened it: the
+    /// old database, still installed for a moment, may hold the failed batch's changes (its
+    /// commit reached redb before the log append failed) while the reopened file may not.
     pub(crate) fn database_after_recovery(
         &self,
         flush: impl Fn() -> Result<()>,
     ) -> Result<Arc<Db>> {
         for _ in 0..REPLAY_LOOKUPS {
             self.check_poison()?;
-            if let Some(db) = self.database() {
+            if !self.recovery_pending.load(Ordering::Acquire)
+                && let Some(db) = self.database()
+            {
                 return Ok(db);
             }
             flush()?;
@@ -449,8 +453,10 @@ impl Store {
     /// directory (a flush queues behind that). Until then the directory may lack the failed
     /// batch's changes, which may have reached the disk: an answer from it, given after the
     /// batch's callers got `OutcomeUnknown`, could show a state that the recovered store then
-    /// contradicts (a key read as in flight, then found released). With this wait, every answer
-    /// given after an `OutcomeUnknown` shows the batch either applied or not, for good.
+    /// contradicts (a key read as in flight, then found released). With this wait, every call
+    /// made after an `OutcomeUnknown` answer shows the batch either applied or not, for good
+    /// (a call made before it may still be answering from the old directory: it overlapped the
+    /// failed batch, so either order is right for it).
     fn await_recovery(&self) -> Result<()> {
         for _ in 0..REPLAY_LOOKUPS {
             if !self.shared.recovery_pending.load(Ordering::Acquire) {

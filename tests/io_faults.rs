@@ -1280,8 +1280,9 @@ fn bounded_store_on(disk: &SimDisk) -> Store {
 /// then holds the failed batch's changes if they reached the disk (here a release whose log
 /// frame was written before its sync failed). Before the fix, answers given in between, after
 /// the batch's callers had their `OutcomeUnknown`, came from the directory as it was before
-/// the batch: the released key read as in flight, then, once recovered, as absent. Every
-/// answer after an `OutcomeUnknown` must show the batch either applied or not, for good.
+/// the batch: the released key read as in flight, then, once recovered, as absent (and
+/// `records_on_disk`, reading the old database, could count the other way). Every call made
+/// after an `OutcomeUnknown` answer must show the batch either applied or not, for good.
 /// Found by `transient_faults_under_concurrent_callers` (`tests/power_loss.rs`).
 #[test]
 fn answers_after_an_unknown_outcome_never_change_their_mind() {
@@ -1303,7 +1304,9 @@ fn answers_after_an_unknown_outcome_never_change_their_mind() {
                 Ok(()) => continue,
                 Err(e) => panic!("{kind:?} #{n}: release answered {e}"),
             }
-            // At once: the writer thread may not have reopened the file yet.
+            // At once: the writer thread may not have reopened the file yet. The record count
+            // first (it reads the file), then the key (its directory entry).
+            let first_count = store.records_on_disk().unwrap();
             let first = store.get(&key).unwrap();
             store.flush().unwrap();
             let second = store.get(&key).unwrap();
@@ -1311,6 +1314,12 @@ fn answers_after_an_unknown_outcome_never_change_their_mind() {
                 first.is_some(),
                 second.is_some(),
                 "{kind:?} #{n}: the key read {first:?}, then {second:?} once the store recovered"
+            );
+            let second_count = store.records_on_disk().unwrap();
+            assert_eq!(
+                first_count, second_count,
+                "{kind:?} #{n}: {first_count} records on disk, then {second_count} once the store \
+                 recovered"
             );
             if second.is_none() {
                 landed += 1;
