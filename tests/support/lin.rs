@@ -32,6 +32,12 @@ pub trait Model: Clone + Eq + Hash {
     fn step_unknown(&self, _input: &Self::Input) -> Vec<Self> {
         Vec::new()
     }
+    /// Every state a returned operation may leave: by default the one [`Model::step`]
+    /// allows. Override it for outputs that leave several possible (an answer saying the
+    /// outcome is unknown, when the operation took effect before it returned or not at all).
+    fn step_all(&self, input: &Self::Input, output: &Self::Output) -> Vec<Self> {
+        self.step(input, output).into_iter().collect()
+    }
 }
 
 /// One operation of a history: `client` is informational (shown in reports).
@@ -257,7 +263,7 @@ pub fn check_with_budget<M: Model>(
             steps += 1;
             let op = &history[s.node[cur].0];
             let alts = match &op.output {
-                Some(out) => s.state.step(&op.input, out).into_iter().collect(),
+                Some(out) => s.state.step_all(&op.input, out),
                 None => s.state.step_unknown(&op.input),
             };
             cur = s.place(s.node[cur].0, cur, alts);
