@@ -434,6 +434,21 @@ fn run_history(
     history
 }
 
+/// Checks history `h` (tokens, then linearizability per key); `rerun` says how to run it again.
+fn check_history(h: u64, rerun: &str, history: &[Operation<Input, Output>]) {
+    if let Err(e) = check_tokens(history) {
+        panic!("history {h} ({rerun}): {e}");
+    }
+    let verdict = check_partitioned_with_budget(|_| KeyState::Absent, history, Input::key, BUDGET);
+    match verdict {
+        Verdict::Ok => {}
+        Verdict::Unknown => panic!("history {h} ({rerun}): checker budget exhausted"),
+        Verdict::Violation { .. } => {
+            panic!("history {h} ({rerun}): {}", verdict.explain(history))
+        }
+    }
+}
+
 /// Fencing tokens are unique, and an acquisition that returned before another was called
 /// has the smaller token.
 fn check_tokens(history: &[Operation<Input, Output>]) -> Result<(), String> {
@@ -470,9 +485,24 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
-#[test]
-fn concurrent_histories_are_linearizable() {
-    let histories = env_u64("IDEMSTORE_LIN_HISTORIES", 200);
+/// A store's settings: the still clock, the lease, and `Immediate` or `Bounded` (2 ms).
+fn builder(immediate: bool) -> idemstore::Builder {
+    let durability = if immediate {
+        Durability::Immediate
+    } else {
+        Durability::Bounded {
+            max_delay: Duration::from_millis(2),
+        }
+    };
+    Store::builder()
+        .lease(LEASE)
+        .durability(durability)
+        .clock(ManualClock::new(1_700_000_000_000))
+}
+
+/// The knobs both tests share: threads and operations, the base seed, and a forced durability
+/// (`IDEMSTORE_LIN_IMMEDIATE`).
+fn knobs() -> (Arc<Settings>, u64, Option<bool>) {
     let settings = Arc::new(Settings {
         threads: env_u64("IDEMSTORE_LIN_THREADS", 8) as usize,
         ops: env_u64("IDEMSTORE_LIN_OPS", 24) as usize,
@@ -484,22 +514,19 @@ fn concurrent_histories_are_linearizable() {
     let forced = std::env::var("IDEMSTORE_LIN_IMMEDIATE")
         .ok()
         .map(|v| v.trim() == "1");
+    (settings, base, forced)
+}
+
+#[test]
+fn concurrent_histories_are_linearizable() {
+    let histories = env_u64("IDEMSTORE_LIN_HISTORIES", 200);
+    let (settings, base, forced) = knobs();
     let dir = tempfile::tempdir().unwrap();
     // Each store process runs SEGMENT histories; every fourth acknowledges after the sync
     // (`Immediate`, slower), the others before it (`Bounded`), unless the knob says otherwise.
     let immediate_in = |segment: u64| forced.unwrap_or(segment % 4 == 3);
     let open = |segment: u64| {
-        let durability = if immediate_in(segment) {
-            Durability::Immediate
-        } else {
-            Durability::Bounded {
-                max_delay: Duration::from_millis(2),
-            }
-        };
-        Store::builder()
-            .lease(LEASE)
-            .durability(durability)
-            .clock(ManualClock::new(1_700_000_000_000))
+        builder(immediate_in(segment))
             .open(dir.path().join("lin.redb"))
             .expect("the store opens")
     };
@@ -525,9 +552,6 @@ fn concurrent_histories_are_linearizable() {
             settings.threads,
             settings.ops
         );
-        if let Err(e) = check_tokens(&history) {
-            panic!("history {h} ({rerun}): {e}");
-        }
         // No fault is injected here: a failure is no answer this store may give.
         if let Some(op) = history
             .iter()
@@ -535,15 +559,7 @@ fn concurrent_histories_are_linearizable() {
         {
             panic!("history {h} ({rerun}): {op:?} failed with no fault injected");
         }
-        let verdict =
-            check_partitioned_with_budget(|_| KeyState::Absent, &history, Input::key, BUDGET);
-        match verdict {
-            Verdict::Ok => {}
-            Verdict::Unknown => panic!("history {h} ({rerun}): checker budget exhausted"),
-            Verdict::Violation { .. } => {
-                panic!("history {h} ({rerun}): {}", verdict.explain(&history))
-            }
-        }
+        check_history(h, &rerun, &history);
     }
     eprintln!(
         "{histories} histories, {ops} operations ({acquired} acquisitions), 0 violations in {:?} (base IDEMSTORE_SEED={base})",
@@ -566,33 +582,13 @@ fn concurrent_histories_are_linearizable() {
 fn histories_with_injected_faults_are_linearizable() {
     use idemstore::sim_disk::{Op as DiskOp, SimDisk};
     let histories = env_u64("IDEMSTORE_LIN_FAULT_HISTORIES", 100);
-    let settings = Arc::new(Settings {
-        threads: env_u64("IDEMSTORE_LIN_THREADS", 8) as usize,
-        ops: env_u64("IDEMSTORE_LIN_OPS", 24) as usize,
-    });
-    let base = env_u64("IDEMSTORE_SEED", {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        t.map_or(0, |d| d.as_nanos() as u64)
-    });
-    let forced = std::env::var("IDEMSTORE_LIN_IMMEDIATE")
-        .ok()
-        .map(|v| v.trim() == "1");
+    let (settings, base, forced) = knobs();
     // Three stores in four `Immediate`: a bounded-mode commit writes nothing until its sync,
     // which answers no caller, so faults there seldom reach an operation.
     let immediate_in = |segment: u64| forced.unwrap_or(segment % 4 != 3);
     let disk = SimDisk::new();
     let open = |segment: u64| {
-        let durability = if immediate_in(segment) {
-            Durability::Immediate
-        } else {
-            Durability::Bounded {
-                max_delay: Duration::from_millis(2),
-            }
-        };
-        Store::builder()
-            .lease(LEASE)
-            .durability(durability)
-            .clock(ManualClock::new(1_700_000_000_000))
+        builder(immediate_in(segment))
             // 16 one-block frames: the log fills and checkpoints every few batches.
             .log_capacity(64 << 10)
             .open_sim(&disk)
@@ -634,18 +630,7 @@ fn histories_with_injected_faults_are_linearizable() {
             settings.threads,
             settings.ops
         );
-        if let Err(e) = check_tokens(&history) {
-            panic!("history {h} ({rerun}): {e}");
-        }
-        let verdict =
-            check_partitioned_with_budget(|_| KeyState::Absent, &history, Input::key, BUDGET);
-        match verdict {
-            Verdict::Ok => {}
-            Verdict::Unknown => panic!("history {h} ({rerun}): checker budget exhausted"),
-            Verdict::Violation { .. } => {
-                panic!("history {h} ({rerun}): {}", verdict.explain(&history))
-            }
-        }
+        check_history(h, &rerun, &history);
         // A poisoned store (the fault struck its recovery too) is reopened.
         if let Err(Error::Poisoned { .. }) = store.flush() {
             reopened += 1;
