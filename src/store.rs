@@ -65,7 +65,7 @@ impl Shared {
     ) -> Result<Arc<Db>> {
         for _ in 0..REPLAY_LOOKUPS {
             self.check_poison()?;
-            if !self.recovery_pending.load(Ordering::Acquire)
+            if !self.recovery_pending()
                 && let Some(db) = self.database()
             {
                 return Ok(db);
@@ -73,11 +73,12 @@ impl Shared {
             flush()?;
         }
         // Every flush succeeded and a new failure took the file away again each time.
-        Err(Error::OutcomeUnknown {
-            source: Arc::new(Error::Io(std::io::Error::other(
-                "the store kept reopening its file after failed commits; retry",
-            ))),
-        })
+        Err(kept_reopening())
+    }
+
+    /// A commit failed and the writer has not reopened the file yet.
+    fn recovery_pending(&self) -> bool {
+        self.recovery_pending.load(Ordering::Acquire)
     }
 
     /// A commit failed: answers from the directory wait for the recovery from now on.
@@ -115,6 +116,15 @@ impl Shared {
             Some(reason) => Err(Error::Poisoned { reason }),
             None => Ok(()),
         }
+    }
+}
+
+/// The answer when every wait for a recovery met another failed commit.
+fn kept_reopening() -> Error {
+    Error::OutcomeUnknown {
+        source: Arc::new(Error::Io(std::io::Error::other(
+            "the store kept reopening its file after failed commits; retry",
+        ))),
     }
 }
 
@@ -459,7 +469,7 @@ impl Store {
     /// failed batch, so either order is right for it).
     fn await_recovery(&self) -> Result<()> {
         for _ in 0..REPLAY_LOOKUPS {
-            if !self.shared.recovery_pending.load(Ordering::Acquire) {
+            if !self.shared.recovery_pending() {
                 return Ok(());
             }
             match self.flush() {
@@ -468,14 +478,10 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        if !self.shared.recovery_pending.load(Ordering::Acquire) {
+        if !self.shared.recovery_pending() {
             return Ok(());
         }
-        Err(Error::OutcomeUnknown {
-            source: Arc::new(Error::Io(std::io::Error::other(
-                "the store kept reopening its file after failed commits; retry",
-            ))),
-        })
+        Err(kept_reopening())
     }
 
     fn read_record(&self, key: &Key, slot: &Slot) -> Result<Option<crate::codec::Record>> {
