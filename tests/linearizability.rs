@@ -140,6 +140,10 @@ enum Output {
     Unknown,
     /// `Error::Poisoned`: refused before anything was done.
     Refused,
+    /// `Error::Storage`: reading the file failed (redb refuses reads after a failed write until
+    /// the store has reopened it); nothing was done. Only a claim (reading a stored response to
+    /// replay) or a get may answer it.
+    ReadFailed,
     /// Anything else, which no state allows.
     Unexpected(String),
 }
@@ -180,6 +184,11 @@ enum RecordState {
 /// at the clock's later times.) The clock never steps back here.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct KeyState {
+    /// No operation placed from here on decides by an earlier time: the lowest time the last
+    /// change could have been decided by (the writer's batches read the clock in order, and an
+    /// answer showing a change read the clock after it), or a completion time a read learnt.
+    /// Reads raise nothing: one that shows the state before a change may carry a later time.
+    floor: u64,
     record: Option<Record>,
 }
 
@@ -187,11 +196,34 @@ impl Model for KeyState {
     type Input = Call;
     type Output = Output;
 
+    /// The first of [`Model::step_all`]'s states (the checker calls that one).
     fn step(&self, call: &Call, output: &Output) -> Option<Self> {
         self.step_all(call, output).into_iter().next()
     }
 
     fn step_all(&self, call: &Call, output: &Output) -> Vec<Self> {
+        // The times this call may decide by.
+        let call = &Call {
+            lo: call.lo.max(self.floor),
+            ..call.clone()
+        };
+        if call.lo > call.hi {
+            return vec![];
+        }
+        // How far a change raises the floor: to the lowest time it can have been decided by.
+        let changed = match *output {
+            Output::Acquired { expires_at, .. } => expires_at - TTL_MS,
+            Output::Renewed { lease_until } => call.lo.max(lease_until - LEASE_MS),
+            Output::Ok | Output::Expired(_) | Output::Unknown => call.lo,
+            // A completion time, learnt: the completion was decided then.
+            Output::Replay { completed_at, .. } | Output::GetCompleted { completed_at, .. }
+                if completed_at <= call.hi =>
+            {
+                completed_at
+            }
+            Output::Replay { .. } | Output::GetCompleted { .. } => return vec![],
+            _ => 0,
+        };
         let mut out = match output {
             Output::Unknown => {
                 let mut out = vec![self.clone()];
@@ -199,8 +231,15 @@ impl Model for KeyState {
                 out
             }
             Output::Refused => vec![self.clone()],
+            Output::ReadFailed => match call.input {
+                Input::Claim { .. } | Input::Get { .. } => vec![self.clone()],
+                _ => vec![],
+            },
             _ => self.answers(call, output),
         };
+        for next in &mut out {
+            next.floor = self.floor.max(changed);
+        }
         out.dedup();
         out
     }
@@ -211,10 +250,15 @@ fn fingerprints_differ(held: Option<u8>, given: Option<u8>) -> bool {
 }
 
 impl KeyState {
-    const ABSENT: KeyState = KeyState { record: None };
+    /// No record; the floor is set by `step_all`.
+    const ABSENT: KeyState = KeyState {
+        floor: 0,
+        record: None,
+    };
 
     fn with(record: Record) -> Self {
         KeyState {
+            floor: 0,
             record: Some(record),
         }
     }
@@ -706,6 +750,7 @@ fn failed(e: &Error) -> Option<Output> {
             Some(Output::Unknown)
         }
         Error::Poisoned { .. } => Some(Output::Refused),
+        Error::Storage(_) => Some(Output::ReadFailed),
         _ => None,
     }
 }
@@ -888,10 +933,10 @@ fn histories_on_a_file(knob: &str, advance_pct: u64, filter: &str) {
             settings.ops
         );
         // No fault is injected here: a failure is no answer this store may give.
-        if let Some(op) = history
-            .iter()
-            .find(|o| matches!(o.output, Some(Output::Unknown | Output::Refused)))
-        {
+        if let Some(op) = history.iter().find(|o| {
+            let failed = [Output::Unknown, Output::Refused, Output::ReadFailed];
+            o.output.as_ref().is_some_and(|out| failed.contains(out))
+        }) {
             panic!("history {h} ({rerun}): {op:?} failed with no fault injected");
         }
         check_history(h, &rerun, &history);
@@ -938,8 +983,9 @@ fn histories_with_injected_faults_are_linearizable() {
     };
     let mut store = Arc::new(open(0));
     let mut segment = 0;
-    let (started, mut ops, mut unknown, mut refused, mut fired, mut reopened) =
-        (Instant::now(), 0, 0, 0, 0, 0);
+    let started = Instant::now();
+    let (mut ops, mut unknown, mut refused, mut read_failed, mut fired, mut reopened) =
+        (0, 0, 0, 0, 0, 0);
     for h in 0..histories {
         let seed = base.wrapping_add(h);
         if h > 0 && h.is_multiple_of(SEGMENT) {
@@ -964,6 +1010,7 @@ fn histories_with_injected_faults_are_linearizable() {
         };
         unknown += count(&Output::Unknown);
         refused += count(&Output::Refused);
+        read_failed += count(&Output::ReadFailed);
         let rerun = format!(
             "rerun: IDEMSTORE_SEED={seed} IDEMSTORE_LIN_FAULT_HISTORIES=1 \
              IDEMSTORE_LIN_IMMEDIATE={} IDEMSTORE_LIN_THREADS={} IDEMSTORE_LIN_OPS={} \
@@ -982,8 +1029,8 @@ fn histories_with_injected_faults_are_linearizable() {
     }
     eprintln!(
         "{histories} histories with a fault ({fired} reached), {ops} operations, {unknown} \
-         OutcomeUnknown answers, {refused} refused by a poisoned store, {reopened} stores \
-         reopened after poisoning, 0 violations in {:?} (base IDEMSTORE_SEED={base})",
+         OutcomeUnknown answers, {refused} refused by a poisoned store, {read_failed} reads \
+         failed, {reopened} stores reopened after poisoning, 0 violations in {:?} (base IDEMSTORE_SEED={base})",
         started.elapsed()
     );
     // Not vacuous at the default size: faults struck the threads' operations.
@@ -1133,6 +1180,149 @@ fn the_model_refuses_wrong_answers() {
             ],
         ),
         (
+            "a release answered with a failed read",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op(0, 2, 3, release(1), Output::ReadFailed),
+            ],
+        ),
+        (
+            "a failed read that took effect",
+            vec![
+                op(0, 0, 1, claim.clone(), Output::ReadFailed),
+                op(1, 2, 3, claim.clone(), in_flight.clone()),
+            ],
+        ),
+        (
+            "a retry-after longer than a lease (a claim seeing an acquisition not made yet)",
+            vec![
+                op_in(
+                    1,
+                    0,
+                    3,
+                    claim.clone(),
+                    (0, 0),
+                    in_flight_for(LEASE_MS + 500),
+                ),
+                op_in(0, 1, 4, claim.clone(), (500, 500), acquired_at(1, 1, 500)),
+            ],
+        ),
+        (
+            "a read seeing a renewal not made yet",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(
+                    1,
+                    2,
+                    5,
+                    get(),
+                    (100, 100),
+                    Output::GetInFlight {
+                        attempt: 1,
+                        lease_until: T + 600 + LEASE_MS,
+                        expires_at: T + TTL_MS,
+                        previous: false,
+                    },
+                ),
+                op_in(
+                    0,
+                    3,
+                    6,
+                    renew(1),
+                    (600, 600),
+                    Output::Renewed {
+                        lease_until: T + 600 + LEASE_MS,
+                    },
+                ),
+            ],
+        ),
+        (
+            "a replay showing a completion time after it returned",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(1, 2, 5, claim.clone(), (100, 100), replay_at(7, 600)),
+                op_in(0, 3, 6, complete(1, 7), (600, 600), Output::Ok),
+            ],
+        ),
+        (
+            "a completion after the expiry",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(0, 2, 3, complete(1, 7), (3990, 4010), Output::Ok),
+                op_in(
+                    1,
+                    4,
+                    5,
+                    get(),
+                    (3990, 4010),
+                    Output::GetCompleted {
+                        body: 7,
+                        attempt: 1,
+                        completed_at: T + 4005,
+                        expires_at: T + TTL_MS,
+                    },
+                ),
+            ],
+        ),
+        (
+            "a renewal past the expiry",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(
+                    0,
+                    2,
+                    3,
+                    renew(1),
+                    (2000, 2000),
+                    Output::Renewed {
+                        lease_until: T + TTL_MS,
+                    },
+                ),
+            ],
+        ),
+        (
+            "a release by a stranger before the expiry",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(1, 2, 3, release(2), (TTL_MS - 1, TTL_MS - 1), Output::Ok),
+            ],
+        ),
+        (
+            "an expired record before its expiry",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(1, 2, 3, get(), (TTL_MS - 1, TTL_MS - 1), Output::Absent),
+            ],
+        ),
+        (
+            "an expiry of nothing live before the expiry",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(
+                    1,
+                    2,
+                    3,
+                    Input::Expire { key: 0 },
+                    (TTL_MS - 1, TTL_MS - 1),
+                    Output::Expired(false),
+                ),
+            ],
+        ),
+        (
+            "an owner's completion refused before the expiry",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(
+                    0,
+                    2,
+                    3,
+                    complete(1, 7),
+                    (TTL_MS - 1, TTL_MS - 1),
+                    Output::Stale,
+                ),
+            ],
+        ),
+        (
             "a takeover before the lease ended",
             vec![
                 op(0, 0, 1, claim.clone(), acquired(1)),
@@ -1230,6 +1420,97 @@ fn the_model_refuses_wrong_answers() {
             vec![
                 op(0, 0, 1, claim.clone(), Output::Unknown),
                 op(1, 2, 3, claim.clone(), in_flight.clone()),
+            ],
+        ),
+        (
+            "a replay whose read failed changes nothing",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op(0, 2, 3, complete(1, 7), Output::Ok),
+                op(1, 4, 5, claim.clone(), Output::ReadFailed),
+                op(1, 6, 7, get(), Output::ReadFailed),
+                op(1, 8, 9, claim.clone(), replay(7)),
+            ],
+        ),
+        (
+            "a renewal capped at the expiry",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(
+                    0,
+                    2,
+                    3,
+                    renew(1),
+                    (3500, 3500),
+                    Output::Renewed {
+                        lease_until: T + TTL_MS,
+                    },
+                ),
+            ],
+        ),
+        (
+            "a release by a stranger once the record may have expired",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(1, 2, 3, release(2), (TTL_MS - 1, TTL_MS), Output::Ok),
+                op_in(0, 4, 5, get(), (TTL_MS, TTL_MS), Output::Absent),
+            ],
+        ),
+        (
+            "the owner's release at the expiry, either way",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(0, 2, 3, release(1), (TTL_MS - 1, TTL_MS), Output::Ok),
+                op_in(
+                    1,
+                    4,
+                    5,
+                    claim.clone(),
+                    (TTL_MS, TTL_MS),
+                    acquired_at(2, 1, TTL_MS),
+                ),
+            ],
+        ),
+        (
+            "an expiry of an expired record, at the expiry",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(
+                    1,
+                    2,
+                    3,
+                    Input::Expire { key: 0 },
+                    (TTL_MS, TTL_MS),
+                    Output::Expired(false),
+                ),
+                op_in(1, 4, 5, get(), (TTL_MS, TTL_MS), Output::Absent),
+            ],
+        ),
+        (
+            "an owner's completion refused at the expiry",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(0, 2, 3, complete(1, 7), (TTL_MS - 1, TTL_MS), Output::Stale),
+            ],
+        ),
+        (
+            "a completion late in its call, before the expiry",
+            vec![
+                op(0, 0, 1, claim.clone(), acquired(1)),
+                op_in(0, 2, 3, complete(1, 7), (3990, 4010), Output::Ok),
+                op_in(
+                    1,
+                    4,
+                    5,
+                    get(),
+                    (3995, 3999),
+                    Output::GetCompleted {
+                        body: 7,
+                        attempt: 1,
+                        completed_at: T + 3995,
+                        expires_at: T + TTL_MS,
+                    },
+                ),
             ],
         ),
         (
