@@ -119,6 +119,11 @@ impl Changes {
         self.count == 0
     }
 
+    /// Whether these changes record (else `is_empty` says nothing about the transaction).
+    pub(crate) fn is_recording(&self) -> bool {
+        self.recording
+    }
+
     /// Empties these changes, keeping the buffer (and whether they record) for reuse; a
     /// buffer grown past 1 MiB (a batch of large responses) is given back.
     pub(crate) fn clear(&mut self) {

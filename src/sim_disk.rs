@@ -116,6 +116,11 @@ impl FaultSwitch {
         self.state.lock().space_limit = limit;
     }
 
+    /// Whether every operation of kind `op` fails from some point on ([`Self::fail_from`]).
+    pub fn fails_for_good(&self, op: Op) -> bool {
+        matches!(self.state.lock().from, Some((o, _)) if o == op)
+    }
+
     /// Disarms every fault, the space limit included. Counts are kept.
     pub fn heal(&self) {
         let mut s = self.state.lock();

@@ -509,15 +509,22 @@ impl Writer {
         durable: bool,
     ) -> Result<bool> {
         let config = &self.shared.config;
+        // Earlier commits to make durable: in bounded mode, for a flush, unless synced already
+        // (with the log, every earlier batch is in it).
+        let to_sync = durable && self.log.is_none() && self.unsynced_since.is_some();
+        if changes.is_recording() && changes.is_empty() && !to_sync {
+            // The batch changed nothing (refusals, a flush with nothing to sync): nothing to
+            // commit, and its answers rest on earlier batches. Committing would still add a redb
+            // transaction, and non-durable ones pile up in redb's memory until the next durable
+            // commit, which with the log only a full log brings: a flood of refused claims grew
+            // the process by about 12 bytes per claim without bound (`tests/flood_memory.rs`).
+            txn.abort()?;
+            return Ok(false);
+        }
         let Some(log) = self.log.as_mut().filter(|_| durable) else {
             storage::commit(txn, config, durable)?;
             return Ok(durable);
         };
-        if changes.is_empty() {
-            // Nothing to make durable; the answers rest on earlier, durable batches.
-            storage::commit(txn, config, false)?;
-            return Ok(false);
-        }
         if log.fits(changes) {
             // Replay starts after the frames redb's state includes (see `log.rs`).
             let applied = [(storage::M_LOG_APPLIED, log.frames() + 1)];
