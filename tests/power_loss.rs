@@ -861,10 +861,13 @@ fn campaign(mode: Mode) {
     if mode == Mode::TransientFault {
         eprintln!("transient faults: {faults:?}");
         // Not vacuous at the default size: the faults fire, and the store recovers from them
-        // and answers again before the power goes.
+        // and answers again before the power goes. A third of them: a `set_len` (a third of
+        // the faults armed) comes only when a file grows, and seldom within the first few
+        // operations from the moment it is armed. (Half fired at b2ea198, 58%; since a19d2cf a
+        // batch that changed nothing writes nothing, and at 100,000 crash points 49.7% fired.)
         if faults.armed >= 100 {
             assert!(
-                faults.fired * 2 >= faults.armed,
+                faults.fired * 3 >= faults.armed,
                 "few faults fired: {faults:?}"
             );
             assert!(
