@@ -1090,6 +1090,12 @@ fn the_model_refuses_wrong_answers() {
         completed_at: T,
         expires_at: T + TTL_MS,
     };
+    let get_completed_at = |at| Output::GetCompleted {
+        body: 7,
+        attempt: 1,
+        completed_at: T + at,
+        expires_at: T + TTL_MS,
+    };
     let release = |token| Input::Release { key: 0, token };
     let renew = |token| Input::Renew { key: 0, token };
     let get = || Input::Get { key: 0 };
@@ -1249,19 +1255,7 @@ fn the_model_refuses_wrong_answers() {
             vec![
                 op(0, 0, 1, claim.clone(), acquired(1)),
                 op_in(0, 2, 3, complete(1, 7), (3990, 4010), Output::Ok),
-                op_in(
-                    1,
-                    4,
-                    5,
-                    get(),
-                    (3990, 4010),
-                    Output::GetCompleted {
-                        body: 7,
-                        attempt: 1,
-                        completed_at: T + 4005,
-                        expires_at: T + TTL_MS,
-                    },
-                ),
+                op_in(1, 4, 5, get(), (3990, 4010), get_completed_at(4005)),
             ],
         ),
         (
@@ -1498,19 +1492,7 @@ fn the_model_refuses_wrong_answers() {
             vec![
                 op(0, 0, 1, claim.clone(), acquired(1)),
                 op_in(0, 2, 3, complete(1, 7), (3990, 4010), Output::Ok),
-                op_in(
-                    1,
-                    4,
-                    5,
-                    get(),
-                    (3995, 3999),
-                    Output::GetCompleted {
-                        body: 7,
-                        attempt: 1,
-                        completed_at: T + 3995,
-                        expires_at: T + TTL_MS,
-                    },
-                ),
+                op_in(1, 4, 5, get(), (3995, 3999), get_completed_at(3995)),
             ],
         ),
         (
@@ -1563,19 +1545,7 @@ fn the_model_refuses_wrong_answers() {
                 op(0, 0, 1, claim.clone(), acquired(1)),
                 op_in(0, 2, 3, complete(1, 7), (10, 20), Output::Ok),
                 op_in(1, 4, 5, claim.clone(), (30, 30), replay_at(7, 12)),
-                op_in(
-                    1,
-                    6,
-                    7,
-                    get(),
-                    (30, 30),
-                    Output::GetCompleted {
-                        body: 7,
-                        attempt: 1,
-                        completed_at: T + 12,
-                        expires_at: T + TTL_MS,
-                    },
-                ),
+                op_in(1, 6, 7, get(), (30, 30), get_completed_at(12)),
             ],
         ),
         (
