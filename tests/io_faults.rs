@@ -15,8 +15,8 @@
 //! - after an operation answered `OutcomeUnknown`, the next claim either succeeds (and its
 //!   completion too: the store recovered by itself; while every `set_len` fails for good, the
 //!   completion may answer `OutcomeUnknown` naming the fault, as on a full disk) or answers
-//!   `Poisoned`, and once poisoned
-//!   the store refuses claims, completions, expiries, flushes and sweeps alike;
+//!   `Poisoned`, and once poisoned the store refuses claims, completions, expiries, flushes
+//!   and sweeps alike;
 //! - once the fault is healed, the store reopens on the same disk (no crash) and every key
 //!   reads as a record the model allows (`tests/support/ack_model.rs`): every acknowledged
 //!   completion replays byte for byte, every acknowledged claim, release and expiry is there;
