@@ -345,7 +345,10 @@ impl Writer {
                     self.unsynced_since = None;
                     self.unsynced.clear();
                 } else {
-                    if self.unsynced_since.is_none() {
+                    // A batch that changed nothing was aborted: it has nothing to make durable,
+                    // so it starts no `max_delay` span (a flood of refusals syncs nothing).
+                    let aborted = changes.is_recording() && changes.is_empty();
+                    if self.unsynced_since.is_none() && !aborted {
                         self.unsynced_since = Some(Instant::now());
                     }
                     if self.max_delay().is_some() {

@@ -273,3 +273,44 @@ fn a_lone_caller_commits_its_own_operations() {
     let s = store.stats();
     assert_eq!((s.caller_commits, s.batches_committed), (1, 1), "{s:?}");
 }
+
+/// In bounded mode a refused claim changes nothing: its batch is aborted, writes nothing and
+/// starts no `max_delay` span, so a flood of refusals makes no sync. (Refusals by the
+/// `max_in_flight` limit: unlike a conflict, which the directory answers, they reach the
+/// writer as batches.)
+#[test]
+fn bounded_mode_refusals_start_no_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::builder()
+        .durability(Durability::Bounded {
+            max_delay: std::time::Duration::from_millis(5),
+        })
+        .max_in_flight(1)
+        // The store's time stands still: a batch in a new millisecond would persist the
+        // clock's high-water mark, which is a change to sync.
+        .clock(ManualClock::new(1_741_953_600_000))
+        .open(dir.path().join("refusals.redb"))
+        .expect("open");
+    let ClaimOutcome::Acquired(_lease) = store.claim(&key(0), None).expect("claim") else {
+        panic!("a new key is acquired");
+    };
+    // Synced now: nothing acknowledged is waiting for its `max_delay`.
+    store.flush().expect("flush");
+    let before = store.stats();
+    for k in 1..=60 {
+        let r = store.claim(&key(k), None);
+        assert!(
+            matches!(r, Err(idemstore::Error::Overloaded { .. })),
+            "{r:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // Long past the last refusal's `max_delay`: a span it started would have ended in a sync.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let after = store.stats();
+    assert!(
+        after.batches_committed - before.batches_committed >= 60,
+        "the refusals reached the writer: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.syncs, before.syncs, "{before:?} -> {after:?}");
+}
