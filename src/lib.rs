@@ -97,9 +97,9 @@
 //! ## How it works
 //!
 //! Callers hand operations to one writer thread through a bounded channel; the writer decides a
-//! whole batch against an in-memory directory of live keys, writes it in one redb transaction
-//! (in memory), appends the rows it changed to the commit log beside the store file and syncs
-//! that once, publishes the changes to the directory, and answers. Losers (in flight, replay,
+//! whole batch against an in-memory directory of live keys into one redb transaction, appends
+//! the rows it changed to the commit log beside the store file and syncs that once, commits the
+//! transaction (in memory), publishes the changes to the directory, and answers. Losers (in flight, replay,
 //! mismatch) are answered from the directory without the writer. Opening rebuilds the directory
 //! from the records, or from the snapshot of it a clean close of a large store wrote
 //! ([`Builder::snapshot_min_keys`]). The on-disk layout, the commit log, the snapshot, their

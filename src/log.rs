@@ -1,12 +1,12 @@
 //! The commit log in front of redb (with `Durability::Immediate`).
 //!
 //! A durable redb commit writes every page its transaction touched (about seven scattered
-//! 4 KiB pages for one claim among a million keys) and then syncs. With the log, a batch is
-//! committed to redb without a sync (`Durability::None`: in memory only) and the rows it wrote
-//! or removed are appended to this file as one frame, followed by one fdatasync; callers are
-//! answered after that sync. When the log is full, a batch is committed durably to redb
-//! instead (a *checkpoint*) and the log starts over from its beginning. Opening the store
-//! replays the frames redb does not hold yet and checkpoints.
+//! 4 KiB pages for one claim among a million keys) and then syncs. With the log, the rows a
+//! batch wrote or removed are appended to this file as one frame, followed by one fdatasync,
+//! and then the batch is committed to redb without a sync (`Durability::None`: in memory
+//! only); callers are answered after that commit. When the log is full, a batch is committed
+//! durably to redb instead (a *checkpoint*) and the log starts over from its beginning.
+//! Opening the store replays the current generation's frames and checkpoints.
 //!
 //! ```text
 //! frame  = header (40 bytes) | payload | zeros up to a multiple of 4 KiB
@@ -20,10 +20,21 @@
 //! one, every checkpoint (the open's included) draws a new random one, and each generation
 //! writes its frames from offset 0, numbered 0, 1, 2, ... Random rather than counted: a copy
 //! of a closed store file restored beside a log that a later life of the same store wrote
-//! would otherwise start the very generation whose frames that log holds. Beside it, every commit through the log records in redb how many
-//! frames of the generation its state includes (`log_applied`): redb makes pending
-//! non-durable commits durable when a database is closed, so after a failed append the file
-//! may hold a batch whose frame never reached the log, and replay must start after it.
+//! would otherwise start the very generation whose frames that log holds.
+//!
+//! A batch's frame is appended and synced *before* its redb commit, so redb never holds a
+//! batch that the log lacks, even when redb makes pending non-durable commits durable as a
+//! database is dropped (it does unless it has seen an I/O error). Between two checkpoints the
+//! frames are the only writes to redb's rows (but the metadata checksum, which every commit
+//! recomputes), so redb holds the checkpoint's state plus frames `0..m` for some `m` no
+//! greater than the log's synced frames. Replay therefore applies the generation's frames from
+//! the first, whatever redb kept: every entry is a whole-row put or a remove, so applying
+//! frames `0..n` (`n >= m`) in order over that state leaves the same rows as applying them
+//! over the checkpoint's (for each row, the last write wins). (Before this order the redb
+//! commit came first, and every commit recorded in redb how many frames its state included,
+//! `log_applied`, for replay to start after them: a failed append could leave redb with a
+//! batch whose frame never reached the log, and replaying older frames over it would have
+//! undone part of it. A file written then may hold such a count; replay starts after it.)
 //!
 //! A clean close checkpoints and sets `log_applied` to `u64::MAX`: the next open does not read
 //! the log at all.
@@ -232,11 +243,6 @@ impl Log {
             capacity,
             frame: Vec::new(),
         })
-    }
-
-    /// Frames appended in this generation; a commit whose frame is next records this plus one.
-    pub(crate) fn frames(&self) -> u64 {
-        self.number
     }
 
     /// Whether a frame of `changes` fits before the end of the log.
@@ -681,7 +687,8 @@ mod tests {
         log.append(&changes(1)).unwrap();
         log.append(&changes(50)).unwrap();
         assert_eq!(collect(&disk, 5, 0).unwrap().len(), 102);
-        // Frames the database already holds are skipped.
+        // Frames before `applied` are skipped (a count a file written before the frame-first
+        // order may hold).
         assert_eq!(collect(&disk, 5, 1).unwrap().len(), 100);
         // A new generation overwrites the start; the older frames after it are ignored.
         log.restart(6);

@@ -634,8 +634,9 @@ pub(crate) fn sync_parent(path: &Path) -> Result<()> {
         .map_err(Error::Io)
 }
 
-/// Applies the frames of log `generation` that the database does not hold yet (`applied`
-/// onwards) to `txn`; answers how many frames it applied.
+/// Applies the frames of log `generation` from `applied` on (0, or a count a file written
+/// before the frame-first order may hold: see `log.rs`) to `txn`; answers how many frames it
+/// applied.
 fn replay_log(
     txn: &redb::WriteTransaction,
     layout: Layout,

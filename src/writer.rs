@@ -5,9 +5,9 @@
 //! batch's own earlier changes (the overlay), writes the records into one redb write
 //! transaction, commits it, publishes the overlay into the directory, and only then answers the
 //! callers. A batch forms by itself while the previous commit syncs. With the commit log
-//! (`log.rs`), the commit is made durable by appending the batch's changes to the log (one
-//! fdatasync) while redb keeps them in memory; when the log is full the batch is committed
-//! durably to redb instead, which checkpoints the log.
+//! (`log.rs`), the batch is made durable by appending its changes to the log (one fdatasync)
+//! before redb commits it in memory; when the log is full the batch is committed durably to
+//! redb instead, which checkpoints the log.
 //!
 //! Only one batch commits at a time: the writer's state sits behind a lock ([`Desk`]). A
 //! caller that finds the queue empty and the writer idle takes the lock and commits its own
@@ -529,11 +529,12 @@ impl Writer {
             return Ok(durable);
         };
         if log.fits(changes) {
-            // Replay starts after the frames redb's state includes (see `log.rs`).
-            let applied = [(storage::M_LOG_APPLIED, log.frames() + 1)];
-            storage::put_meta(&txn, &applied, &mut Changes::default())?;
-            storage::commit(txn, config, false)?;
+            // The frame first: redb never holds a batch the log lacks, so replaying the
+            // generation from its start over whatever redb kept gives the same state (whole
+            // rows, in order; see `log.rs`). When the append fails the transaction is dropped
+            // uncommitted.
             log.append(changes)?;
+            storage::commit(txn, config, false)?;
             return Ok(true);
         }
         let next = crate::log::new_generation();

@@ -789,9 +789,10 @@ fn records_of_a_failed_commit_that_landed_are_swept() {
     };
     // A pass now: the sweeper's horizon covers the next hour from here on.
     assert_eq!(store.run_pending_expiry().unwrap(), 0);
-    // The first write after the claim's frame fails: the commit is reported failed, and the
-    // store reopens the file, where the record is.
-    disk.fail_nth(Op::Write, 1);
+    // The sync of the next batch's frame fails: the commit is reported failed, and the store
+    // reopens the file, whose log holds the frame (written, but its sync failed): replay
+    // applies it.
+    disk.fail_nth(Op::Sync, 1);
     let landed = Key::new("t", "landed");
     let failed = store.claim_with_ttl(&landed, None, Duration::from_secs(10));
     assert!(
