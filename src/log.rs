@@ -130,9 +130,11 @@ impl Changes {
         self.count == 0
     }
 
-    /// Whether these changes record (else `is_empty` says nothing about the transaction).
-    pub(crate) fn is_recording(&self) -> bool {
-        self.recording
+    /// Whether these changes record and the batch changed nothing: its transaction is
+    /// aborted, and it has nothing to make durable. (Changes that do not record say nothing
+    /// about the transaction.)
+    pub(crate) fn changed_nothing(&self) -> bool {
+        self.recording && self.is_empty()
     }
 
     /// Empties these changes, keeping the buffer (and whether they record) for reuse; a

@@ -347,8 +347,7 @@ impl Writer {
                 } else {
                     // A batch that changed nothing was aborted: it has nothing to make durable,
                     // so it starts no `max_delay` span (a flood of refusals syncs nothing).
-                    let aborted = changes.is_recording() && changes.is_empty();
-                    if self.unsynced_since.is_none() && !aborted {
+                    if self.unsynced_since.is_none() && !changes.changed_nothing() {
                         self.unsynced_since = Some(Instant::now());
                     }
                     if self.max_delay().is_some() {
@@ -515,7 +514,7 @@ impl Writer {
         // Earlier commits to make durable: in bounded mode, for a flush, unless synced already
         // (with the log, every earlier batch is in it).
         let to_sync = durable && self.log.is_none() && self.unsynced_since.is_some();
-        if changes.is_recording() && changes.is_empty() && !to_sync {
+        if changes.changed_nothing() && !to_sync {
             // The batch changed nothing (refusals, a flush with nothing to sync): nothing to
             // commit, and its answers rest on earlier batches. Committing would still add a redb
             // transaction, and non-durable ones pile up in redb's memory until the next durable
