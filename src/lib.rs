@@ -131,6 +131,7 @@ mod pending;
 #[cfg(feature = "test-util")]
 pub mod sim_disk;
 mod snapshot;
+mod stage;
 mod stats;
 mod storage;
 mod store;

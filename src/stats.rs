@@ -51,6 +51,11 @@ pub struct Stats {
     pub recoveries: u64,
     /// Durable commits of the store file that emptied the commit log (the log was full).
     pub checkpoints: u64,
+    /// With [`Durability::Bounded`](crate::Durability::Bounded): transactions that applied
+    /// staged rows (batches decided and answered since the last one) to the store file, durable
+    /// or not. A batch there is decided and answered before its rows reach redb; the writer
+    /// thread applies them in bulk.
+    pub stage_commits: u64,
     /// Keys the open read from the directory snapshot of the last clean close (0: it scanned
     /// the records; see [`Builder::snapshot_min_keys`](crate::Builder::snapshot_min_keys)).
     pub keys_from_snapshot: u64,
@@ -89,6 +94,7 @@ pub(crate) struct Counters {
     pub(crate) recoveries: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
     pub(crate) keys_from_snapshot: AtomicU64,
+    pub(crate) stage_commits: AtomicU64,
 }
 
 impl Counters {
@@ -127,6 +133,7 @@ impl Counters {
             recoveries: self.recoveries.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
             keys_from_snapshot: self.keys_from_snapshot.load(Relaxed),
+            stage_commits: self.stage_commits.load(Relaxed),
             live_keys,
             in_flight_keys,
         }

@@ -651,7 +651,11 @@ fn replay_log(
 
 /// Writes again the rows of batches acknowledged since the last durable commit (bounded mode:
 /// see `Writer::unsynced`), in order.
-fn rewrite_unsynced(txn: &redb::WriteTransaction, layout: Layout, rewrite: &Changes) -> Result<()> {
+pub(crate) fn rewrite_unsynced(
+    txn: &redb::WriteTransaction,
+    layout: Layout,
+    rewrite: &Changes,
+) -> Result<()> {
     apply_rows(txn, layout, "recorded changes", |apply| {
         log::apply_changes(rewrite, apply).map(|()| 0)
     })
@@ -918,6 +922,9 @@ pub(crate) struct Tables<'t> {
 enum Rows<'t> {
     Time(redb::Table<'t, (u64, u64), &'static [u8]>),
     Key(redb::Table<'t, &'static [u8], &'static [u8]>),
+    /// Bounded mode (`stage.rs`): changes are only recorded, to be staged; reads go to the
+    /// database as committed.
+    Staged(Layout, Arc<Db>),
 }
 
 impl<'t> Tables<'t> {
@@ -933,6 +940,15 @@ impl<'t> Tables<'t> {
             Layout::KeyOrdered => Rows::Key(txn.open_table(BY_KEY)?),
         };
         Ok(Tables { rows, changes })
+    }
+
+    /// Tables that only record their changes (which must record), for bounded mode's stage;
+    /// reads go to `db`.
+    pub(crate) fn staged<'x>(layout: Layout, db: Arc<Db>, changes: Changes) -> Tables<'x> {
+        Tables {
+            rows: Rows::Staged(layout, db),
+            changes,
+        }
     }
 
     /// Writes `record` as the key's record `new`, removing the previous record `old` when it
@@ -957,11 +973,21 @@ impl<'t> Tables<'t> {
                     .put(LogTable::Records, &log::record_key(at.0, at.1), record);
             }
             Rows::Key(t) => {
-                let mut value = Vec::with_capacity(8 + record.len());
-                value.extend_from_slice(&new.token().to_be_bytes());
-                value.extend_from_slice(record);
-                let k = codec::scoped_key_bytes(key);
+                let (k, value) = by_key_row(key, new, record);
                 t.insert(k.as_slice(), value.as_slice())?;
+                self.changes.put(LogTable::ByKey, &k, &value);
+            }
+            Rows::Staged(Layout::TimeOrdered, _) => {
+                let at = (new.expires_at(), new.token());
+                if let Some(old) = old.filter(|o| (o.expires_at(), o.token()) != at) {
+                    let k = log::record_key(old.expires_at(), old.token());
+                    self.changes.remove(LogTable::Records, &k);
+                }
+                self.changes
+                    .put(LogTable::Records, &log::record_key(at.0, at.1), record);
+            }
+            Rows::Staged(Layout::KeyOrdered, _) => {
+                let (k, value) = by_key_row(key, new, record);
                 self.changes.put(LogTable::ByKey, &k, &value);
             }
         }
@@ -970,32 +996,53 @@ impl<'t> Tables<'t> {
 
     pub(crate) fn remove(&mut self, key: &Key, old: &Slot) -> Result<()> {
         match &mut self.rows {
-            Rows::Time(_) => self.remove_at(old.expires_at(), old.token())?,
+            Rows::Time(_) | Rows::Staged(Layout::TimeOrdered, _) => {
+                self.remove_at(old.expires_at(), old.token())?
+            }
             Rows::Key(t) => {
                 let k = codec::scoped_key_bytes(key);
                 t.remove(k.as_slice())?;
+                self.changes.remove(LogTable::ByKey, &k);
+            }
+            Rows::Staged(Layout::KeyOrdered, _) => {
+                let k = codec::scoped_key_bytes(key);
                 self.changes.remove(LogTable::ByKey, &k);
             }
         }
         Ok(())
     }
 
+    /// The key's record as this transaction sees it; for staged tables, as the database has
+    /// committed it (rows of this batch or still staged are not seen: see `stage.rs`).
     pub(crate) fn get(&self, key: &Key, slot: &Slot) -> Result<Option<Record>> {
         match &self.rows {
             Rows::Time(t) => read_time(t, key, slot),
             Rows::Key(t) => read_key(t, key, slot),
+            Rows::Staged(layout, db) => read(db, *layout, key, slot),
         }
     }
 
     /// Removes the time-ordered record at `(expires_at, seq)` (the sweeper's delete).
     pub(crate) fn remove_at(&mut self, expires_at: u64, seq: u64) -> Result<()> {
-        if let Rows::Time(t) = &mut self.rows {
-            t.remove((expires_at, seq))?;
-            self.changes
-                .remove(LogTable::Records, &log::record_key(expires_at, seq));
+        match &mut self.rows {
+            Rows::Time(t) => {
+                t.remove((expires_at, seq))?;
+            }
+            Rows::Staged(Layout::TimeOrdered, _) => {}
+            _ => return Ok(()),
         }
+        self.changes
+            .remove(LogTable::Records, &log::record_key(expires_at, seq));
         Ok(())
     }
+}
+
+/// The key-ordered table's row for `record` as the key's record `new`.
+fn by_key_row(key: &Key, new: &Slot, record: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut value = Vec::with_capacity(8 + record.len());
+    value.extend_from_slice(&new.token().to_be_bytes());
+    value.extend_from_slice(record);
+    (codec::scoped_key_bytes(key), value)
 }
 
 fn check(record: Record, key: &Key, slot: &Slot) -> Result<Option<Record>> {

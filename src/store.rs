@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub(crate) target: Target,
     /// The expiry sweeper's state (`None` for the key-ordered benchmark layout).
     pub(crate) sweep: Option<Sweep>,
+    /// With `Durability::Bounded`: rows decided and answered, not yet applied to redb.
+    pub(crate) stage: Option<crate::stage::Stage>,
     db: RwLock<Option<Arc<Db>>>,
     /// Set when a commit fails, before its operations get `OutcomeUnknown`; cleared once the
     /// writer has reopened the file and reloaded the directory. Meanwhile the directory lacks
@@ -192,6 +194,12 @@ impl Store {
                     config.scan_chunk,
                 )
             }),
+            stage: match config.durability {
+                crate::Durability::Bounded { max_delay } => {
+                    Some(crate::stage::Stage::new(max_delay))
+                }
+                crate::Durability::Immediate => None,
+            },
             db: RwLock::new(None),
             recovery_pending: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
@@ -485,10 +493,21 @@ impl Store {
     }
 
     fn read_record(&self, key: &Key, slot: &Slot) -> Result<Option<crate::codec::Record>> {
-        match self.shared.database() {
+        let read = || match self.shared.database() {
             Some(db) => storage::read(&db, self.shared.config.layout, key, slot),
             // The writer is reopening the file after a failed commit.
             None => Ok(None),
+        };
+        let found = read()?;
+        match &self.shared.stage {
+            // Bounded mode: the record may still be staged (`stage.rs`); apply the stage and
+            // read again. A failed commit leaves the rows to the recovery: the caller looks
+            // again, and waits for it.
+            Some(stage) if found.is_none() => match stage.commit(&self.shared, false) {
+                Ok(_) => read(),
+                Err(_) => Ok(None),
+            },
+            _ => Ok(found),
         }
     }
 
@@ -742,6 +761,11 @@ impl Store {
 
     /// Number of records in the file, live or expired but not yet swept.
     pub fn records_on_disk(&self) -> Result<u64> {
+        if let Some(stage) = &self.shared.stage {
+            // Bounded mode: every answered operation's rows in the file first (a failure
+            // leaves them to the recovery, which the wait below waits for).
+            let _ = stage.commit(&self.shared, false);
+        }
         let db = self.shared.database_after_recovery(|| self.flush())?;
         storage::guard(|| storage::record_count(&db, self.shared.config.layout))
     }

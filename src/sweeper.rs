@@ -164,6 +164,15 @@ impl Sweep {
                 None
             }
         };
+        // Bounded mode: a record staged before the horizon moved did not see the new horizon
+        // when it was published, and is not in the file yet: apply the stage before the scan.
+        if scan.is_some()
+            && let Some(stage) = &shared.stage
+            && let Err(e) = stage.commit(shared, false)
+        {
+            self.rescan();
+            return Err(e);
+        }
         let mut reclaimed = 0;
         loop {
             if let Some((from, to)) = scan {

@@ -200,6 +200,9 @@ impl Writer {
     }
 
     fn sync_deadline(&self) -> Option<Instant> {
+        if let Some(stage) = &self.shared.stage {
+            return stage.sync_deadline();
+        }
         let since = self.unsynced_since?;
         let max_delay = self.max_delay()?;
         // Past `UNSYNCED_LIMIT` bytes of changes kept for recovery, at once (bounds memory).
@@ -341,7 +344,9 @@ impl Writer {
                 if synced {
                     Counters::bump(&shared.counters.syncs);
                 }
-                if durable || synced {
+                if shared.stage.is_some() {
+                    // The stage keeps what is unsynced (`stage.rs`).
+                } else if durable || synced {
                     self.unsynced_since = None;
                     self.unsynced.clear();
                 } else {
@@ -365,7 +370,9 @@ impl Writer {
             }
             Err(e) => {
                 warn!("group commit of {} operations failed: {e}", done.len());
-                Counters::bump(&self.shared.counters.failed_commits);
+                if !crate::stage::is_refusal(&e) {
+                    Counters::bump(&self.shared.counters.failed_commits);
+                }
                 // Before any of the batch's callers learns of the failure.
                 self.shared.recovery_begins();
                 let source = Arc::new(e);
@@ -388,7 +395,12 @@ impl Writer {
 
     /// Recovers from the last batch's failed commit, if it failed.
     fn recover_if_due(&mut self) {
-        if std::mem::take(&mut self.recovery_due) {
+        // Bounded mode: a commit of staged rows failed (in the writer thread, or in a read
+        // that applied them). Not once poisoned: the close makes the one more attempt then
+        // (`rescue_unsynced`).
+        let stage_failed = self.shared.stage.as_ref().is_some_and(|s| s.failed())
+            && self.shared.poison_reason().is_none();
+        if std::mem::take(&mut self.recovery_due) || stage_failed {
             self.recover();
         }
     }
@@ -405,20 +417,23 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let db = shared.database().ok_or(Error::Closed)?;
         let now = shared.time.now();
-        let txn = db.begin_write()?;
+        // Bounded mode stages the batch's rows (`stage.rs`): no write transaction here.
+        let txn = match shared.stage {
+            Some(_) => None,
+            None => Some(db.begin_write()?),
+        };
         let seq_before = self.seq_reserved;
+        let layout = shared.config.layout;
         let mut b = BatchCtx {
             shared: &shared,
-            // Changes are recorded for the log, and in bounded mode for a recovery to rewrite.
-            tables: Tables::open(
-                &txn,
-                shared.config.layout,
-                if self.log.is_some() || self.max_delay().is_some() {
-                    std::mem::take(&mut self.spare).recycled()
-                } else {
-                    Changes::default()
-                },
-            )?,
+            // Changes are recorded for the log, and in bounded mode for the stage.
+            tables: match &txn {
+                None => Tables::staged(layout, db, std::mem::take(&mut self.spare).recycled()),
+                Some(txn) if self.log.is_some() => {
+                    Tables::open(txn, layout, std::mem::take(&mut self.spare).recycled())?
+                }
+                Some(txn) => Tables::open(txn, layout, Changes::default())?,
+            },
             overlay: Overlay::with_capacity_and_hasher(batch.len(), Default::default()),
             rules: shared.rules(now),
             new_in_flight: 0,
@@ -465,10 +480,13 @@ impl Writer {
         let overlay = std::mem::take(&mut b.overlay);
         let mut changes = std::mem::take(&mut b.tables.changes);
         drop(b);
-        self.marked.extend(overlay.keys().copied());
-        shared
-            .pending
-            .mark(self.batches + 1, self.marked.iter().copied());
+        if txn.is_some() {
+            // A staged batch is published as soon as it is decided: nothing to wait for.
+            self.marked.extend(overlay.keys().copied());
+            shared
+                .pending
+                .mark(self.batches + 1, self.marked.iter().copied());
+        }
         let mut meta = Vec::with_capacity(2);
         if self.seq_reserved != seq_before {
             meta.push((storage::META_SEQ, self.seq_reserved));
@@ -477,11 +495,28 @@ impl Writer {
             meta.push((storage::M_HIGH_WATER, now));
         }
         if !meta.is_empty() {
-            storage::put_meta(&txn, &meta, &mut changes)?;
+            match &txn {
+                Some(txn) => storage::put_meta(txn, &meta, &mut changes)?,
+                None => crate::stage::stage_meta(&mut changes, &meta),
+            }
         }
         // A new block of fencing tokens is reserved durably, whatever the mode: tokens handed
         // out beyond a reservation that a crash loses would be handed out again.
         let durable = durable || self.seq_reserved != seq_before;
+        let Some(txn) = txn else {
+            let stage = shared.stage.as_ref().expect("no transaction: staged");
+            // Past the stage's limit this batch applies it before answering (callers faster
+            // than redb wait for it). A failure keeps the rows (staged, then unsynced) for the
+            // recovery to write again; this batch's callers get `OutcomeUnknown`.
+            let full = stage.push(&changes);
+            let synced = if durable || full {
+                stage.commit(&shared, durable)?
+            } else {
+                false
+            };
+            self.high_water_persisted = self.high_water_persisted.max(now);
+            return Ok((overlay, synced, changes));
+        };
         // Guarded here too: a panic inside redb's commit must keep this batch for recovery.
         let synced = match storage::guard(|| self.commit(txn, &changes, durable)) {
             Ok(synced) => synced,
@@ -567,6 +602,14 @@ impl Writer {
         let Some(db) = self.shared.database() else {
             return;
         };
+        if let Some(stage) = &self.shared.stage {
+            drop(db);
+            // Applies what is staged and syncs; a failure leaves the rows for the recovery.
+            if stage.commit(&self.shared, true).is_err() {
+                self.recover();
+            }
+            return;
+        }
         let result = storage::guard(|| {
             let txn = db.begin_write()?;
             storage::commit(txn, &self.shared.config, true)
@@ -597,12 +640,27 @@ impl Writer {
     /// wait, when the fault lasts; the close's attempt comes when the operator is done.)
     fn recover(&mut self) {
         let shared = Arc::clone(&self.shared);
+        // Bounded mode: the rows applied since the last durable commit and those still staged
+        // are written again by the reopen; nothing is applied meanwhile (the committer's lock
+        // is held, and callers wait for the writer's, which this holds).
+        let mut committer = shared.stage.as_ref().map(|stage| {
+            let mut c = stage.committer.lock();
+            stage.take_into_unsynced(&mut c);
+            self.unsynced.append(&c.unsynced);
+            c.unsynced.clear();
+            c.unsynced_since = None;
+            c
+        });
         let old = shared.take_database();
         drop(old);
         self.log = None;
         self.unsynced_since = None;
         let keeps_acks = !self.unsynced.is_empty();
         let result = self.reopen();
+        if let (Some(c), Ok(()), Some(stage)) = (committer.as_mut(), &result, &shared.stage) {
+            stage.recovered(c);
+        }
+        drop(committer);
         match result {
             Ok(()) => {
                 Counters::bump(&shared.counters.recoveries);
@@ -723,6 +781,9 @@ pub(crate) struct Desk {
     /// lone caller is not turned away).
     timer_tx: crossbeam_channel::Sender<()>,
     timer_rx: Receiver<()>,
+    /// Bounded mode: batches are staged (`stage.rs`), so a caller that finds another's batch
+    /// being decided waits for the lock (a few microseconds) instead of queueing.
+    staged: bool,
     /// Unit tests: the writer thread panics on taking its next operation from the queue.
     #[cfg(test)]
     pub(crate) panic_on_next_op: AtomicBool,
@@ -734,7 +795,9 @@ impl Desk {
     pub(crate) fn new(writer: Writer, rx: Receiver<Op>) -> Desk {
         let (recover_tx, recover_rx) = crossbeam_channel::bounded(1);
         let (timer_tx, timer_rx) = crossbeam_channel::bounded(1);
+        let staged = writer.shared.stage.is_some();
         Desk {
+            staged,
             writer: parking_lot::Mutex::new(writer),
             rx,
             thread_waiting: AtomicBool::new(false),
@@ -772,6 +835,9 @@ impl Desk {
     /// idle; otherwise hands `op` back, to be queued. The answer goes to `op`'s reply slot
     /// either way.
     pub(crate) fn commit_here(&self, op: Op) -> Option<Op> {
+        if self.staged {
+            return self.decide_here(op);
+        }
         if self.waiting.load(Ordering::Relaxed) != 0
             || self.thread_waiting.load(Ordering::Acquire)
             || !self.rx.is_empty()
@@ -802,6 +868,30 @@ impl Desk {
         let started_unsynced = self.publish_sync_due(&writer);
         if started_unsynced || writer.sync_overdue() {
             let _ = self.timer_tx.try_send(());
+        }
+        None
+    }
+
+    /// Bounded mode: decides `op` (and whatever queued meanwhile) in the calling thread,
+    /// waiting for the lock; the batch is staged, not committed, so the lock is held for
+    /// microseconds. Hands `op` back when the writer thread must recover first.
+    fn decide_here(&self, op: Op) -> Option<Op> {
+        let mut writer = self.writer.lock();
+        let stage_failed = || writer.shared.stage.as_ref().is_some_and(|s| s.failed());
+        if writer.recovery_due || stage_failed() {
+            // Queued, the operation runs after the writer thread's recovery.
+            let _ = self.recover_tx.try_send(());
+            return Some(op);
+        }
+        let mut batch = std::mem::take(&mut writer.batch);
+        batch.push(op);
+        writer.gather(&mut batch, &self.rx);
+        if writer.process_guarded(&mut batch) {
+            Counters::bump(&writer.shared.counters.caller_commits);
+        }
+        writer.batch = batch;
+        if writer.recovery_due {
+            let _ = self.recover_tx.try_send(());
         }
         None
     }
@@ -856,12 +946,27 @@ impl Desk {
     fn serve(&self, sweeps: &Receiver<Op>) {
         let rx = &self.rx;
         let mut batch = Vec::new();
+        let shared = Arc::clone(&self.writer.lock().shared);
+        let stage = shared.stage.as_ref();
+        let staged_rows = stage.map_or_else(crossbeam_channel::never, |s| s.wake_rx.clone());
         loop {
             // Read without the lock: taking it here would turn a lone caller away.
-            let deadline = self
-                .sync_due()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let deadline = match stage {
+                Some(stage) => stage.sync_deadline(),
+                None => self.sync_due(),
+            }
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let first = crossbeam_channel::select_biased! {
+                recv(staged_rows) -> _ => {
+                    // Bounded mode: apply what callers staged, without the writer's lock.
+                    let stage = stage.expect("only staged stores wake this");
+                    if stage.commit(&shared, false).is_err() {
+                        let mut writer = self.writer.lock();
+                        writer.recovery_due = true;
+                        writer.recover_if_due();
+                    }
+                    continue;
+                },
                 recv(self.recover_rx) -> _ => {
                     let mut writer = self.writer.lock();
                     writer.recover_if_due();
@@ -916,7 +1021,7 @@ impl Desk {
         let mut writer = self.writer.lock();
         writer.recover_if_due();
         writer.rescue_unsynced();
-        if writer.unsynced_since.is_some() {
+        if writer.unsynced_since.is_some() || stage.is_some_and(|s| !s.is_clean()) {
             writer.sync();
             // A sync that failed here, and the recovery after it, leave the operations in
             // memory with a reason promising an attempt at close: this is it.
@@ -1039,7 +1144,18 @@ impl BatchCtx<'_, '_> {
                 ClaimDecision::Mismatch => Ok(ClaimOutcome::Mismatch),
                 ClaimDecision::Replay => {
                     let slot = cur.expect("a replay decision has an entry");
-                    match self.tables.get(&key, &slot)? {
+                    let mut found = self.tables.get(&key, &slot)?;
+                    if found.is_none()
+                        && let Some(stage) = self.shared.stage.as_ref()
+                    {
+                        // Staged tables read what redb has committed: the record may still be
+                        // staged, or written earlier in this batch. Apply both, then read.
+                        stage.push(&self.tables.changes);
+                        self.tables.changes.clear();
+                        stage.commit(self.shared, false)?;
+                        found = self.tables.get(&key, &slot)?;
+                    }
+                    match found {
                         Some(record) => replay_of(record),
                         None => Err(Error::Corrupt {
                             detail: format!(

@@ -145,7 +145,7 @@ pub fn open(kind: Kind, live: u64, ctx: &Ctx) -> Result<Arc<dyn Engine>, String>
                 .open(&path)
                 .map_err(|e| format!("open idemstore: {e}"))?;
             assert_eq!(store.stats().live_keys, live, "pre-filled live keys");
-            Arc::new(Idem(Arc::new(store)))
+            Arc::new(Idem(Arc::new(store), kind == Kind::IdemBounded))
         }
         Kind::RedbNaive => Arc::new(RedbNaive::open(&dir.join("naive.redb"), live)),
         Kind::Sqlite => Arc::new(Sqlite::open(&dir.join("idem.sqlite"), live)),
@@ -177,7 +177,8 @@ fn response() -> Response {
 // ---------------------------------------------------------------------------------------------
 // idemstore
 
-struct Idem(Arc<Store>);
+/// The store, and whether it runs in bounded mode (whose batches reach redb in bulk).
+struct Idem(Arc<Store>, bool);
 
 struct IdemWorker {
     store: Arc<Store>,
@@ -194,7 +195,13 @@ impl Engine for Idem {
 
     fn commits(&self) -> Option<(u64, u64)> {
         let s = self.0.stats();
-        Some((s.batched_ops, s.batches_committed))
+        // Bounded mode: operations per redb transaction that applied staged batches.
+        let commits = if self.1 {
+            s.stage_commits
+        } else {
+            s.batches_committed
+        };
+        Some((s.batched_ops, commits))
     }
 }
 
