@@ -124,6 +124,13 @@ impl Stage {
         full
     }
 
+    /// Wakes the writer thread if rows are staged (they were staged during its commit).
+    pub(crate) fn wake_if_staged(&self) {
+        if !self.staged.lock().rows.is_empty() {
+            let _ = self.wake_tx.try_send(());
+        }
+    }
+
     /// Moves the staged rows (and their age) into `c.unsynced` without applying them: a
     /// recovery writes them with the rest.
     pub(crate) fn take_into_unsynced(&self, c: &mut Committer) {

@@ -34,7 +34,7 @@ use crate::{clock, codec};
 use crossbeam_channel::Receiver;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::oneshot::Batch;
@@ -139,22 +139,17 @@ impl Op {
     }
 }
 
-/// With `Durability::Bounded`: the most bytes of unsynced changes kept for a recovery to write
-/// again ([`Writer::unsynced`]); beyond it the sync is due at once, whatever `max_delay` says.
-const UNSYNCED_LIMIT: usize = 64 << 20;
-
 /// State only the writer thread touches.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     next_seq: u64,
     seq_reserved: u64,
     high_water_persisted: Millis,
-    /// With `Durability::Bounded`: when the oldest unsynced acknowledgement was given.
-    unsynced_since: Option<Instant>,
-    /// With `Durability::Bounded`: the rows changed by the batches acknowledged since the last
-    /// durable commit, in order. A failed commit or sync makes redb drop them (it does not
-    /// persist pending non-durable commits once it has seen an I/O error), so recovery writes
-    /// them again: an I/O error takes back nothing that was acknowledged.
+    /// With `Durability::Bounded`, during a recovery: the rows of the batches acknowledged
+    /// since the last durable commit, in order (the stage's, `stage.rs`). A failed commit or
+    /// sync makes redb drop them (it does not persist pending non-durable commits once it has
+    /// seen an I/O error), so recovery writes them again: an I/O error takes back nothing that
+    /// was acknowledged. A recovery that failed keeps them for the close.
     unsynced: Changes,
     /// The buffer the next batch records its changes into (reused: no allocation per batch).
     spare: Changes,
@@ -180,7 +175,6 @@ impl Writer {
             next_seq: opened.next_seq,
             seq_reserved: opened.seq_reserved,
             high_water_persisted: opened.high_water,
-            unsynced_since: None,
             unsynced: Changes::default(),
             spare: Changes::default(),
             batches: 0,
@@ -192,25 +186,9 @@ impl Writer {
         }
     }
 
-    fn max_delay(&self) -> Option<Duration> {
-        match self.shared.config.durability {
-            crate::Durability::Immediate => None,
-            crate::Durability::Bounded { max_delay } => Some(max_delay),
-        }
-    }
-
+    /// With `Durability::Bounded`: when the oldest answer not yet durable must be synced.
     fn sync_deadline(&self) -> Option<Instant> {
-        if let Some(stage) = &self.shared.stage {
-            return stage.sync_deadline();
-        }
-        let since = self.unsynced_since?;
-        let max_delay = self.max_delay()?;
-        // Past `UNSYNCED_LIMIT` bytes of changes kept for recovery, at once (bounds memory).
-        Some(if self.unsynced.byte_len() > UNSYNCED_LIMIT {
-            since
-        } else {
-            since + max_delay
-        })
+        self.shared.stage.as_ref()?.sync_deadline()
     }
 
     /// Something acknowledged is unsynced and its deadline has come.
@@ -312,7 +290,7 @@ impl Writer {
             return false;
         }
         let durable =
-            self.max_delay().is_none() || batch.iter().any(|op| matches!(op, Op::Flush { .. }));
+            self.shared.stage.is_none() || batch.iter().any(|op| matches!(op, Op::Flush { .. }));
         let mut done = Vec::with_capacity(batch.len());
         // A panic inside redb (it panics on some damaged pages) fails the batch like an I/O error.
         let result = storage::guard(|| self.build_and_commit(batch, &mut done, durable));
@@ -343,21 +321,6 @@ impl Writer {
                     .fetch_add(done.len() as u64, Ordering::Relaxed);
                 if synced {
                     Counters::bump(&shared.counters.syncs);
-                }
-                if shared.stage.is_some() {
-                    // The stage keeps what is unsynced (`stage.rs`).
-                } else if durable || synced {
-                    self.unsynced_since = None;
-                    self.unsynced.clear();
-                } else {
-                    // A batch that changed nothing was aborted: it has nothing to make durable,
-                    // so it starts no `max_delay` span (a flood of refusals syncs nothing).
-                    if self.unsynced_since.is_none() && !changes.changed_nothing() {
-                        self.unsynced_since = Some(Instant::now());
-                    }
-                    if self.max_delay().is_some() {
-                        self.unsynced.append(&changes);
-                    }
                 }
                 self.spare = changes;
                 let mut answers = Batch::new(done.len());
@@ -509,29 +472,15 @@ impl Writer {
             // than redb wait for it). A failure keeps the rows (staged, then unsynced) for the
             // recovery to write again; this batch's callers get `OutcomeUnknown`.
             let full = stage.push(&changes);
-            let synced = if durable || full {
-                stage.commit(&shared, durable)?
-            } else {
-                false
-            };
-            self.high_water_persisted = self.high_water_persisted.max(now);
-            return Ok((overlay, synced, changes));
-        };
-        // Guarded here too: a panic inside redb's commit must keep this batch for recovery.
-        let synced = match storage::guard(|| self.commit(txn, &changes, durable)) {
-            Ok(synced) => synced,
-            Err(e) => {
-                // The commit itself failed, and may or may not have reached the file (a durable
-                // one may: redb writes, then syncs). Its callers get `OutcomeUnknown`, so either
-                // is allowed; but recovery must not write the earlier unsynced batches over it
-                // (a takeover's removed record would come back), so it writes this batch again
-                // after them: the recovered state is always the one in which it happened.
-                if self.max_delay().is_some() {
-                    self.unsynced.append(&changes);
-                }
-                return Err(e);
+            if durable || full {
+                stage.commit(&shared, durable)?;
             }
+            self.high_water_persisted = self.high_water_persisted.max(now);
+            // A sync was counted by the stage.
+            return Ok((overlay, false, changes));
         };
+        // Guarded here too: a panic inside redb's commit fails the batch like an I/O error.
+        let synced = storage::guard(|| self.commit(txn, &changes, durable))?;
         self.high_water_persisted = self.high_water_persisted.max(now);
         Ok((overlay, synced, changes))
     }
@@ -546,10 +495,7 @@ impl Writer {
         durable: bool,
     ) -> Result<bool> {
         let config = &self.shared.config;
-        // Earlier commits to make durable: in bounded mode, for a flush, unless synced already
-        // (with the log, every earlier batch is in it).
-        let to_sync = durable && self.log.is_none() && self.unsynced_since.is_some();
-        if changes.changed_nothing() && !to_sync {
+        if changes.changed_nothing() {
             // The batch changed nothing (refusals, a flush with nothing to sync): nothing to
             // commit, and its answers rest on earlier batches. Committing would still add a redb
             // transaction, and non-durable ones pile up in redb's memory until the next durable
@@ -599,34 +545,15 @@ impl Writer {
 
     /// Makes every acknowledged commit durable (`Durability::Bounded`).
     fn sync(&mut self) {
-        let Some(db) = self.shared.database() else {
+        let Some(stage) = &self.shared.stage else {
             return;
         };
-        if let Some(stage) = &self.shared.stage {
-            drop(db);
-            // Applies what is staged and syncs; a failure leaves the rows for the recovery.
-            if stage.commit(&self.shared, true).is_err() {
-                self.recover();
-            }
+        if self.shared.database().is_none() {
             return;
         }
-        let result = storage::guard(|| {
-            let txn = db.begin_write()?;
-            storage::commit(txn, &self.shared.config, true)
-        });
-        // The old database must be gone before `recover` can open the file again.
-        drop(db);
-        match result {
-            Ok(()) => {
-                Counters::bump(&self.shared.counters.syncs);
-                self.unsynced_since = None;
-                self.unsynced.clear();
-            }
-            Err(e) => {
-                warn!("sync of acknowledged operations failed: {e}");
-                Counters::bump(&self.shared.counters.failed_commits);
-                self.recover();
-            }
+        // Applies what is staged and syncs; a failure leaves the rows for the recovery.
+        if stage.commit(&self.shared, true).is_err() {
+            self.recover();
         }
     }
 
@@ -654,7 +581,6 @@ impl Writer {
         let old = shared.take_database();
         drop(old);
         self.log = None;
-        self.unsynced_since = None;
         let keeps_acks = !self.unsynced.is_empty();
         let result = self.reopen();
         if let (Some(c), Ok(()), Some(stage)) = (committer.as_mut(), &result, &shared.stage) {
@@ -757,10 +683,12 @@ impl Writer {
 /// form at the writer thread as before; and since every commit holds the lock, batches still
 /// commit one at a time in the order they took it. When a caller's commit fails, the caller
 /// gets its `OutcomeUnknown` at once and the writer thread recovers (reopens the file, reloads
-/// the directory), as after its own batches; callers queue meanwhile. In bounded mode the
-/// writer thread keeps the sync timer: it reads the deadline from [`Desk::sync_due`] without
-/// the lock, and a caller whose batch starts an unsynced span (or finds the deadline passed)
-/// wakes it.
+/// the directory), as after its own batches; callers queue meanwhile.
+///
+/// In bounded mode every caller decides its own batch, waiting for the lock
+/// ([`Desk::decide_here`]): the batch is staged, not committed (`stage.rs`). The writer thread
+/// applies the stage to redb without the lock (woken by the first rows staged into an empty
+/// stage) and keeps the sync timer, whose deadline it reads from the stage.
 pub(crate) struct Desk {
     writer: parking_lot::Mutex<Writer>,
     rx: Receiver<Op>,
@@ -769,18 +697,9 @@ pub(crate) struct Desk {
     thread_waiting: AtomicBool,
     /// Callers between sending an operation and taking its answer.
     waiting: AtomicUsize,
-    /// With `Durability::Bounded`: when the writer must sync, in nanoseconds since `started`
-    /// (`NO_SYNC_DUE` when nothing acknowledged is unsynced). Whoever holds the lock updates it
-    /// after changing the writer's state.
-    sync_due: AtomicU64,
-    started: Instant,
     /// Wakes the writer thread to recover from a failed commit a caller ran.
     recover_tx: crossbeam_channel::Sender<()>,
     recover_rx: Receiver<()>,
-    /// Wakes the writer thread to read a new sync deadline (it takes no lock for that, so a
-    /// lone caller is not turned away).
-    timer_tx: crossbeam_channel::Sender<()>,
-    timer_rx: Receiver<()>,
     /// Bounded mode: batches are staged (`stage.rs`), so a caller that finds another's batch
     /// being decided waits for the lock (a few microseconds) instead of queueing.
     staged: bool,
@@ -789,12 +708,9 @@ pub(crate) struct Desk {
     pub(crate) panic_on_next_op: AtomicBool,
 }
 
-const NO_SYNC_DUE: u64 = u64::MAX;
-
 impl Desk {
     pub(crate) fn new(writer: Writer, rx: Receiver<Op>) -> Desk {
         let (recover_tx, recover_rx) = crossbeam_channel::bounded(1);
-        let (timer_tx, timer_rx) = crossbeam_channel::bounded(1);
         let staged = writer.shared.stage.is_some();
         Desk {
             staged,
@@ -802,32 +718,10 @@ impl Desk {
             rx,
             thread_waiting: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
-            sync_due: AtomicU64::new(NO_SYNC_DUE),
-            started: Instant::now(),
             recover_tx,
             recover_rx,
-            timer_tx,
-            timer_rx,
             #[cfg(test)]
             panic_on_next_op: AtomicBool::new(false),
-        }
-    }
-
-    /// Publishes `writer`'s sync deadline for the writer thread's timer; answers whether it
-    /// was unset before and is set now.
-    fn publish_sync_due(&self, writer: &Writer) -> bool {
-        let due = writer.sync_deadline().map_or(NO_SYNC_DUE, |d| {
-            (d.saturating_duration_since(self.started).as_nanos() as u64).min(NO_SYNC_DUE - 1)
-        });
-        let before = self.sync_due.swap(due, Ordering::AcqRel);
-        before == NO_SYNC_DUE && due != NO_SYNC_DUE
-    }
-
-    /// The sync deadline last published, if any.
-    fn sync_due(&self) -> Option<Instant> {
-        match self.sync_due.load(Ordering::Acquire) {
-            NO_SYNC_DUE => None,
-            ns => Some(self.started + Duration::from_nanos(ns)),
         }
     }
 
@@ -862,12 +756,6 @@ impl Desk {
             // Recovery (reopening the file, reloading the directory) is not this caller's to
             // wait for; a wake-up already queued will do.
             let _ = self.recover_tx.try_send(());
-        }
-        // Bounded mode: this batch may have started an unsynced span, whose deadline the
-        // writer thread must learn (a sync already overdue runs there too, at once).
-        let started_unsynced = self.publish_sync_due(&writer);
-        if started_unsynced || writer.sync_overdue() {
-            let _ = self.timer_tx.try_send(());
         }
         None
     }
@@ -950,12 +838,11 @@ impl Desk {
         let stage = shared.stage.as_ref();
         let staged_rows = stage.map_or_else(crossbeam_channel::never, |s| s.wake_rx.clone());
         loop {
-            // Read without the lock: taking it here would turn a lone caller away.
-            let deadline = match stage {
-                Some(stage) => stage.sync_deadline(),
-                None => self.sync_due(),
-            }
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            // Bounded mode's sync deadline, read from the stage (not under the writer's lock,
+            // which would hold up callers).
+            let deadline = stage
+                .and_then(|s| s.sync_deadline())
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let first = crossbeam_channel::select_biased! {
                 recv(staged_rows) -> _ => {
                     // Bounded mode: apply what callers staged, without the writer's lock.
@@ -964,16 +851,21 @@ impl Desk {
                         let mut writer = self.writer.lock();
                         writer.recovery_due = true;
                         writer.recover_if_due();
+                    } else {
+                        // Rows staged during this commit found the stage non-empty and woke
+                        // nobody: go on with them. (Measured against leaving them for the
+                        // sync, and against lingering 0.5 ms first: bounded mode, 2 threads,
+                        // unique keys, 812k/832k against 708k/647k and 734k/791k claims/s, and
+                        // the lowest p99 of the three.)
+                        stage.wake_if_staged();
                     }
                     continue;
                 },
                 recv(self.recover_rx) -> _ => {
                     let mut writer = self.writer.lock();
                     writer.recover_if_due();
-                    self.publish_sync_due(&writer);
                     continue;
                 },
-                recv(self.timer_rx) -> _ => continue,
                 recv(rx) -> op => match op {
                     #[cfg(test)]
                     Ok(_) if self.panic_on_next_op.swap(false, Ordering::AcqRel) => {
@@ -995,7 +887,6 @@ impl Desk {
                     if writer.sync_overdue() {
                         writer.sync();
                     }
-                    self.publish_sync_due(&writer);
                     continue;
                 }
             };
@@ -1016,12 +907,11 @@ impl Desk {
             if writer.sync_overdue() {
                 writer.sync();
             }
-            self.publish_sync_due(&writer);
         }
         let mut writer = self.writer.lock();
         writer.recover_if_due();
         writer.rescue_unsynced();
-        if writer.unsynced_since.is_some() || stage.is_some_and(|s| !s.is_clean()) {
+        if stage.is_some_and(|s| !s.is_clean()) {
             writer.sync();
             // A sync that failed here, and the recovery after it, leave the operations in
             // memory with a reason promising an attempt at close: this is it.
