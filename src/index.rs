@@ -1,8 +1,9 @@
 //! The in-memory directory of live keys: key digest → where the record is and what it says.
 //!
-//! Only the writer thread changes it, and only after the commit that wrote the change returned
-//! (nothing is published before it is on disk). Claim losers (in flight, mismatch, replay) are
-//! answered from here without touching the writer.
+//! Only the holder of the writer's lock changes it, and only after the commit that wrote the
+//! change returned (nothing is published before it is on disk); in bounded mode, once the
+//! change's rows are staged for the file (`stage.rs`). Claim losers (in flight, mismatch,
+//! replay) are answered from here without touching the writer.
 
 use crate::clock::Millis;
 use crate::key::Fingerprint;

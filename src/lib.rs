@@ -58,7 +58,9 @@
 //!   may lag) shows each of those operations either done or not, for good.
 //!
 //! With [`Durability::Bounded`] acknowledgements come before the sync, and a crash loses what
-//! was acknowledged within the configured delay before it (see its docs).
+//! was acknowledged within the configured delay before it (see its docs). There a batch is
+//! answered, and visible to other callers, as soon as it is decided; the writer thread applies
+//! decided batches to the file in bulk (`docs/DESIGN.md`, "Bounded mode: the stage").
 //!
 //! Invariants:
 //! 1. A record at or past its expiry instant is absent for every operation, whether or not it
@@ -67,7 +69,8 @@
 //! 3. Only the current lease's fencing token may complete, release or renew; a stale token gets
 //!    [`Error::StaleLease`] and changes nothing.
 //! 4. A fingerprint mismatch is reported before in-flight and before replay.
-//! 5. Nothing is visible to other callers before the commit that wrote it returned.
+//! 5. Nothing is visible to other callers before the commit that wrote it returned (with
+//!    [`Durability::Bounded`]: before its batch was decided and staged for the file).
 //! 6. Fencing tokens are unique and increasing over the life of the file, across crashes.
 //! 7. Time never runs backwards for the store: a clock that steps back is ignored up to the
 //!    highest time already used, or persisted (by every commit and a clean close) before a

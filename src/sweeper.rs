@@ -24,7 +24,10 @@
 //! Why the horizon is race-free: a pass raises `horizon_end` before it starts scanning; the
 //! writer checks `horizon_end` only after its commit returned. A record committed before the
 //! raise is seen by the scan; one committed after it is scheduled by the writer (both is
-//! harmless: the second firing finds nothing).
+//! harmless: the second firing finds nothing). In bounded mode the writer checks it once the
+//! batch is staged, before its rows reach the file (`stage.rs`): so the pass applies the stage
+//! after the raise and before the scan, and a record staged before the raise is in the file
+//! when the scan reads it.
 
 use crate::clock::Millis;
 use crate::error::{Error, Result};

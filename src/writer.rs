@@ -847,7 +847,10 @@ impl Desk {
                 recv(staged_rows) -> _ => {
                     // Bounded mode: apply what callers staged, without the writer's lock.
                     let stage = stage.expect("only staged stores wake this");
-                    if stage.commit(&shared, false).is_err() {
+                    // Durable when the sync is due: while callers keep staging, this branch is
+                    // always ready and the timer's below never fires.
+                    let due = stage.sync_deadline().is_some_and(|d| Instant::now() >= d);
+                    if stage.commit(&shared, due).is_err() {
                         let mut writer = self.writer.lock();
                         writer.recovery_due = true;
                         writer.recover_if_due();
