@@ -38,12 +38,17 @@ const STAGED_LIMIT: usize = 16 << 20;
 
 /// Why a commit was refused: an earlier one failed and the writer thread has not recovered
 /// yet (not a failed commit of its own).
+/// It names the earlier failure.
 #[derive(Debug)]
-struct Recovering;
+struct Recovering(String);
 
 impl std::fmt::Display for Recovering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an earlier commit failed; the store is recovering")
+        write!(
+            f,
+            "an earlier commit failed ({}); the store is recovering",
+            self.0
+        )
     }
 }
 
@@ -68,8 +73,12 @@ pub(crate) struct Committer {
     pub(crate) unsynced: Changes,
     /// When the oldest of them was answered.
     pub(crate) unsynced_since: Option<Instant>,
-    /// A commit failed: nothing is applied until the writer thread has recovered.
-    failed: bool,
+    /// A commit failed (why): nothing is applied until the writer thread has recovered.
+    failed: Option<String>,
+    /// A non-durable commit was made since the last durable one: a durable commit is due
+    /// even with nothing staged (a checkpoint whose rows the writer thread applied first
+    /// must still be made durable before the log restarts).
+    dirty: bool,
     /// A buffer swapped with the staged rows at each commit (no allocation per commit).
     spare: Changes,
 }
@@ -80,13 +89,15 @@ pub(crate) struct Stage {
     /// Wakes the writer thread: rows were staged into an empty stage.
     wake_tx: crossbeam_channel::Sender<()>,
     pub(crate) wake_rx: crossbeam_channel::Receiver<()>,
-    max_delay: Duration,
+    /// Bounded mode's `max_delay`; `None` with `Durability::Immediate`, where every staged
+    /// row is durable in the commit log already, and nothing is kept for a recovery.
+    max_delay: Option<Duration>,
     /// [`Committer::failed`], readable without the committer's lock (which a commit holds).
     failed: AtomicBool,
 }
 
 impl Stage {
-    pub(crate) fn new(max_delay: Duration) -> Stage {
+    pub(crate) fn new(max_delay: Option<Duration>) -> Stage {
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
         Stage {
             staged: Mutex::new(Staged {
@@ -96,7 +107,8 @@ impl Stage {
             committer: Mutex::new(Committer {
                 unsynced: Changes::default().recycled(),
                 unsynced_since: None,
-                failed: false,
+                failed: None,
+                dirty: false,
                 spare: Changes::default().recycled(),
             }),
             wake_tx,
@@ -131,6 +143,14 @@ impl Stage {
         }
     }
 
+    /// Drops the staged rows (`Durability::Immediate`: the commit log holds them, and the
+    /// recovery replays it).
+    pub(crate) fn discard_staged(&self) {
+        let mut s = self.staged.lock();
+        s.rows.clear();
+        s.since = None;
+    }
+
     /// Moves the staged rows (and their age) into `c.unsynced` without applying them: a
     /// recovery writes them with the rest.
     pub(crate) fn take_into_unsynced(&self, c: &mut Committer) {
@@ -149,14 +169,9 @@ impl Stage {
         self.commit_locked(&mut c, shared, durable)
     }
 
-    pub(crate) fn commit_locked(
-        &self,
-        c: &mut Committer,
-        shared: &Shared,
-        durable: bool,
-    ) -> Result<bool> {
-        if c.failed {
-            return Err(Error::Io(std::io::Error::other(Recovering)));
+    fn commit_locked(&self, c: &mut Committer, shared: &Shared, durable: bool) -> Result<bool> {
+        if let Some(why) = &c.failed {
+            return Err(Error::Io(std::io::Error::other(Recovering(why.clone()))));
         }
         // Taken before the rows: without a database (the store is poisoned, or closing) the
         // rows stay staged for the recovery or the close.
@@ -167,7 +182,7 @@ impl Stage {
             s.since.take()
         };
         let rows = std::mem::take(&mut c.spare);
-        let to_sync = durable && (c.unsynced_since.is_some() || since.is_some());
+        let to_sync = durable && (c.dirty || c.unsynced_since.is_some() || since.is_some());
         if rows.is_empty() && !to_sync {
             c.spare = rows;
             return Ok(false);
@@ -177,9 +192,10 @@ impl Stage {
             storage::rewrite_unsynced(&txn, shared.config.layout, &rows)?;
             storage::commit(txn, &shared.config, durable)
         });
-        // Kept whatever the outcome: a failed commit may have reached the file, and recovery
-        // writes it again after the earlier rows (never older rows over it).
-        if !(durable && result.is_ok()) {
+        // Kept for a recovery unless made durable (or in the log): a failed commit may have
+        // reached the file, and recovery writes it again after the earlier rows (never older
+        // rows over it).
+        if self.max_delay.is_some() && !(durable && result.is_ok()) {
             c.unsynced.append(&rows);
         }
         c.spare = rows.recycled();
@@ -188,11 +204,12 @@ impl Stage {
         let counters = &shared.counters;
         match result {
             Ok(()) => {
+                c.dirty = !durable;
                 if durable {
                     c.unsynced.clear();
                     c.unsynced_since = None;
                     Counters::bump(&counters.syncs);
-                } else if let Some(since) = since {
+                } else if let Some(since) = since.filter(|_| self.max_delay.is_some()) {
                     c.unsynced_since.get_or_insert(since);
                 }
                 Counters::bump(&counters.stage_commits);
@@ -201,11 +218,18 @@ impl Stage {
             Err(e) => {
                 warn!("applying staged rows failed: {e}");
                 Counters::bump(&counters.failed_commits);
-                c.failed = true;
+                // The rows kept for the recovery keep their age (the sync deadline, and a
+                // close that finds them unsynced).
+                if let Some(since) = since.filter(|_| self.max_delay.is_some()) {
+                    c.unsynced_since.get_or_insert(since);
+                }
+                c.failed = Some(e.to_string());
                 self.failed.store(true, Ordering::Release);
                 // Before anyone reads the directory again: it holds rows the reopened file
                 // will hold only once recovery has written them.
                 shared.recovery_begins();
+                // Whoever failed (a read, the sweeper), the writer thread recovers.
+                let _ = self.wake_tx.try_send(());
                 Err(e)
             }
         }
@@ -218,13 +242,16 @@ impl Stage {
 
     /// The recovery wrote every row again: commits may go on.
     pub(crate) fn recovered(&self, c: &mut Committer) {
-        c.failed = false;
+        c.failed = None;
+        // The reopen's commit was durable.
+        c.dirty = false;
         self.failed.store(false, Ordering::Release);
     }
 
     /// When the oldest row answered and not yet durable must be synced (at once past
     /// [`UNSYNCED_LIMIT`] bytes kept).
     pub(crate) fn sync_deadline(&self) -> Option<Instant> {
+        let max_delay = self.max_delay?;
         let c = self.committer.lock();
         let staged_since = self.staged.lock().since;
         let since = match (c.unsynced_since, staged_since) {
@@ -234,7 +261,7 @@ impl Stage {
         Some(if c.unsynced.byte_len() > UNSYNCED_LIMIT {
             since
         } else {
-            since + self.max_delay
+            since + max_delay
         })
     }
 

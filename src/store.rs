@@ -196,7 +196,12 @@ impl Store {
             }),
             stage: match config.durability {
                 crate::Durability::Bounded { max_delay } => {
-                    Some(crate::stage::Stage::new(max_delay))
+                    Some(crate::stage::Stage::new(Some(max_delay)))
+                }
+                // With the commit log: a batch is answered once its frame is synced, and its
+                // rows reach redb after (`stage.rs`).
+                crate::Durability::Immediate if opened.log.is_some() => {
+                    Some(crate::stage::Stage::new(None))
                 }
                 crate::Durability::Immediate => None,
             },

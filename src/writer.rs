@@ -186,6 +186,13 @@ impl Writer {
         }
     }
 
+    fn bounded(&self) -> bool {
+        matches!(
+            self.shared.config.durability,
+            crate::Durability::Bounded { .. }
+        )
+    }
+
     /// With `Durability::Bounded`: when the oldest answer not yet durable must be synced.
     fn sync_deadline(&self) -> Option<Instant> {
         self.shared.stage.as_ref()?.sync_deadline()
@@ -265,18 +272,21 @@ impl Writer {
         });
         match result {
             Ok(()) => self.high_water_persisted = now,
-            Err(e) => {
-                // Every acknowledged operation was durable before it (in the commit log, or
-                // synced by the close); what this commit records (the clock's high-water
-                // mark, a clean close, the snapshot's id) is not. `close` reports it.
-                let reason = format!(
-                    "the final commit at close failed: {e} (every acknowledged operation was \
-                     already durable; the next open recovers the file)"
-                );
-                warn!("{reason}");
-                self.shared.poison(reason);
-            }
+            Err(e) => self.final_commit_failed(&e),
         }
+    }
+
+    /// Every acknowledged operation was durable before the close's last commits (in the
+    /// commit log, or synced by the close); what they record (the rows staged since, which the
+    /// log holds; the clock's high-water mark, a clean close, the snapshot's id) is not.
+    /// `close` reports it.
+    fn final_commit_failed(&self, e: &Error) {
+        let reason = format!(
+            "the final commit at close failed: {e} (every acknowledged operation was already \
+             durable; the next open recovers the file)"
+        );
+        warn!("{reason}");
+        self.shared.poison(reason);
     }
 
     /// Decides, commits and answers a batch; answers whether it committed.
@@ -289,8 +299,8 @@ impl Writer {
             }
             return false;
         }
-        let durable =
-            self.shared.stage.is_none() || batch.iter().any(|op| matches!(op, Op::Flush { .. }));
+        let durable = !self.bounded() || batch.iter().any(|op| matches!(op, Op::Flush { .. }));
+        let failures_before = self.shared.counters.failed_commits.load(Ordering::Relaxed);
         let mut done = Vec::with_capacity(batch.len());
         // A panic inside redb (it panics on some damaged pages) fails the batch like an I/O error.
         let result = storage::guard(|| self.build_and_commit(batch, &mut done, durable));
@@ -333,7 +343,10 @@ impl Writer {
             }
             Err(e) => {
                 warn!("group commit of {} operations failed: {e}", done.len());
-                if !crate::stage::is_refusal(&e) {
+                // Not when the stage refused the commit (an earlier one failed), nor when it
+                // counted this failure itself (the batch applied the stage).
+                let counted = self.shared.counters.failed_commits.load(Ordering::Relaxed);
+                if !crate::stage::is_refusal(&e) && counted == failures_before {
                     Counters::bump(&self.shared.counters.failed_commits);
                 }
                 // Before any of the batch's callers learns of the failure.
@@ -380,7 +393,8 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let db = shared.database().ok_or(Error::Closed)?;
         let now = shared.time.now();
-        // Bounded mode stages the batch's rows (`stage.rs`): no write transaction here.
+        // The batch's rows are staged (`stage.rs`; bounded mode, and `Immediate` with the
+        // commit log): no write transaction here.
         let txn = match shared.stage {
             Some(_) => None,
             None => Some(db.begin_write()?),
@@ -443,8 +457,8 @@ impl Writer {
         let overlay = std::mem::take(&mut b.overlay);
         let mut changes = std::mem::take(&mut b.tables.changes);
         drop(b);
-        if txn.is_some() {
-            // A staged batch is published as soon as it is decided: nothing to wait for.
+        if !self.bounded() {
+            // A bounded-mode batch is published as soon as it is decided: nothing to wait for.
             self.marked.extend(overlay.keys().copied());
             shared
                 .pending
@@ -468,6 +482,34 @@ impl Writer {
         let durable = durable || self.seq_reserved != seq_before;
         let Some(txn) = txn else {
             let stage = shared.stage.as_ref().expect("no transaction: staged");
+            if let Some(log) = self.log.as_mut() {
+                // `Immediate` with the log: the frame makes the batch durable and it is
+                // answered after; its rows reach redb later, in bulk, in memory (redb never
+                // holds a batch the log lacks, as before: see `log.rs`).
+                if changes.changed_nothing() {
+                    return Ok((overlay, false, changes));
+                }
+                if log.fits(&changes) {
+                    log.append(&changes)?;
+                    if stage.push(&changes) {
+                        stage.commit(&shared, false)?;
+                    }
+                    self.high_water_persisted = self.high_water_persisted.max(now);
+                    return Ok((overlay, true, changes));
+                }
+                // The log is full: a durable redb commit of everything staged and this batch,
+                // which starts a new log generation (a checkpoint).
+                let next = crate::log::new_generation();
+                let restart = [(storage::M_LOG_GEN, next), (storage::M_LOG_APPLIED, 0)];
+                crate::stage::stage_meta(&mut changes, &restart);
+                stage.push(&changes);
+                stage.commit(&shared, true)?;
+                log.restart(next);
+                Counters::bump(&shared.counters.checkpoints);
+                self.high_water_persisted = self.high_water_persisted.max(now);
+                // The stage counted the sync.
+                return Ok((overlay, false, changes));
+            }
             // Past the stage's limit this batch applies it before answering (callers faster
             // than redb wait for it). A failure keeps the rows (staged, then unsynced) for the
             // recovery to write again; this batch's callers get `OutcomeUnknown`.
@@ -570,9 +612,15 @@ impl Writer {
         // Bounded mode: the rows applied since the last durable commit and those still staged
         // are written again by the reopen; nothing is applied meanwhile (the committer's lock
         // is held, and callers wait for the writer's, which this holds).
+        let bounded = self.bounded();
         let mut committer = shared.stage.as_ref().map(|stage| {
             let mut c = stage.committer.lock();
-            stage.take_into_unsynced(&mut c);
+            if bounded {
+                stage.take_into_unsynced(&mut c);
+            } else {
+                // The commit log holds every staged row: the reopen replays it.
+                stage.discard_staged();
+            }
             self.unsynced.append(&c.unsynced);
             c.unsynced.clear();
             c.unsynced_since = None;
@@ -655,6 +703,23 @@ impl Writer {
         }
     }
 
+    /// At close, in bounded mode, when applying staged rows failed and no recovery ran (the
+    /// store was poisoned meanwhile): the rows kept for a recovery join [`Writer::unsynced`],
+    /// for [`Writer::rescue_unsynced`] to write.
+    fn collect_failed_stage(&mut self) {
+        let Some(stage) = self.shared.stage.as_ref().filter(|s| s.failed()) else {
+            return;
+        };
+        if !self.bounded() {
+            return;
+        }
+        let mut c = stage.committer.lock();
+        stage.take_into_unsynced(&mut c);
+        self.unsynced.append(&c.unsynced);
+        c.unsynced.clear();
+        c.unsynced_since = None;
+    }
+
     /// At close, after a recovery that failed in bounded mode: writes the operations
     /// acknowledged since the last sync, which only memory holds, if the disk allows it now
     /// (and no other store opened the file since: see `Reopen::Recovery`). Either way the store
@@ -700,9 +765,10 @@ pub(crate) struct Desk {
     /// Wakes the writer thread to recover from a failed commit a caller ran.
     recover_tx: crossbeam_channel::Sender<()>,
     recover_rx: Receiver<()>,
-    /// Bounded mode: batches are staged (`stage.rs`), so a caller that finds another's batch
-    /// being decided waits for the lock (a few microseconds) instead of queueing.
-    staged: bool,
+    /// Bounded mode: batches are staged (`stage.rs`) and answered without a sync, so a caller
+    /// that finds another's batch being decided waits for the lock (a few microseconds)
+    /// instead of queueing.
+    bounded: bool,
     /// Unit tests: the writer thread panics on taking its next operation from the queue.
     #[cfg(test)]
     pub(crate) panic_on_next_op: AtomicBool,
@@ -711,9 +777,9 @@ pub(crate) struct Desk {
 impl Desk {
     pub(crate) fn new(writer: Writer, rx: Receiver<Op>) -> Desk {
         let (recover_tx, recover_rx) = crossbeam_channel::bounded(1);
-        let staged = writer.shared.stage.is_some();
+        let bounded = writer.bounded();
         Desk {
-            staged,
+            bounded,
             writer: parking_lot::Mutex::new(writer),
             rx,
             thread_waiting: AtomicBool::new(false),
@@ -729,7 +795,7 @@ impl Desk {
     /// idle; otherwise hands `op` back, to be queued. The answer goes to `op`'s reply slot
     /// either way.
     pub(crate) fn commit_here(&self, op: Op) -> Option<Op> {
-        if self.staged {
+        if self.bounded {
             return self.decide_here(op);
         }
         if self.waiting.load(Ordering::Relaxed) != 0
@@ -743,6 +809,12 @@ impl Desk {
         };
         if writer.recovery_due {
             // A caller's commit failed just now; the writer thread is about to recover.
+            return Some(op);
+        }
+        if writer.shared.stage.as_ref().is_some_and(|s| s.failed()) {
+            // Applying staged rows failed (in a read that applied them): the writer thread
+            // recovers, then takes the queued operation.
+            let _ = self.recover_tx.try_send(());
             return Some(op);
         }
         let mut batch = std::mem::take(&mut writer.batch);
@@ -851,9 +923,9 @@ impl Desk {
                     // always ready and the timer's below never fires.
                     let due = stage.sync_deadline().is_some_and(|d| Instant::now() >= d);
                     if stage.commit(&shared, due).is_err() {
-                        let mut writer = self.writer.lock();
-                        writer.recovery_due = true;
-                        writer.recover_if_due();
+                        // The stage is marked failed (unless the store is closing or
+                        // poisoned): recover, unless poisoned.
+                        self.writer.lock().recover_if_due();
                     } else {
                         // Rows staged during this commit found the stage non-empty and woke
                         // nobody: go on with them. (Measured against leaving them for the
@@ -862,7 +934,13 @@ impl Desk {
                         // the lowest p99 of the three.)
                         stage.wake_if_staged();
                     }
-                    continue;
+                    // Then whatever queued meanwhile, before more staged rows: under sustained
+                    // load this branch is always ready, and a sweep or a flush must not wait
+                    // for a lull (a review found expiry stalled for as long as the load lasted).
+                    match rx.try_recv().or_else(|_| sweeps.try_recv()) {
+                        Ok(op) => op,
+                        Err(_) => continue,
+                    }
                 },
                 recv(self.recover_rx) -> _ => {
                     let mut writer = self.writer.lock();
@@ -913,12 +991,21 @@ impl Desk {
         }
         let mut writer = self.writer.lock();
         writer.recover_if_due();
+        writer.collect_failed_stage();
         writer.rescue_unsynced();
-        if stage.is_some_and(|s| !s.is_clean()) {
-            writer.sync();
-            // A sync that failed here, and the recovery after it, leave the operations in
-            // memory with a reason promising an attempt at close: this is it.
-            writer.rescue_unsynced();
+        if let Some(stage) = stage.filter(|s| !s.is_clean()) {
+            if writer.bounded() {
+                writer.sync();
+                // A sync that failed here, and the recovery after it, leave the operations in
+                // memory with a reason promising an attempt at close: this is it.
+                writer.rescue_unsynced();
+            } else if writer.shared.poison_reason().is_none()
+                && let Err(e) = stage.commit(&shared, false)
+            {
+                // `Immediate`: the staged rows are in the commit log; the final commit below
+                // makes them durable in the file, and so does the next open if it fails.
+                writer.final_commit_failed(&e);
+            }
         }
         writer.final_commit();
     }

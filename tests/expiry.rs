@@ -243,6 +243,9 @@ fn expired_records_are_reclaimed_after_a_failed_expiry_scan() {
     }
     // Two ticks on: the records' tick has passed.
     clock.advance(2 * hour);
+    // Every answered operation in the file first: rows still staged would be applied by the
+    // writer thread while reads fail, and its recovery, run at once, would fail too.
+    assert_eq!(store.records_on_disk().unwrap(), 100);
     disk.fail_from(Op::Read, 1);
     let failed = store.run_pending_expiry();
     disk.heal();
@@ -250,10 +253,14 @@ fn expired_records_are_reclaimed_after_a_failed_expiry_scan() {
         failed.is_err(),
         "the scan read nothing from disk: {failed:?}"
     );
-    // A write: refused while redb holds the error, after which the writer reopens the file
-    // (readers get `Closed` until it is back).
+    // A write: its frame reaches the commit log and it is answered (or refused, if the
+    // batch itself reaches redb); its rows reach redb after, where the error held since the
+    // scan fails them and the writer reopens the file (readers wait for it).
     let after = store.claim(&Key::new("t", "after"), None);
-    assert!(after.is_err(), "{after:?}");
+    assert!(
+        matches!(after, Ok(_) | Err(idemstore::Error::OutcomeUnknown { .. })),
+        "{after:?}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while store.records_on_disk().is_err() {
         assert!(
@@ -263,7 +270,12 @@ fn expired_records_are_reclaimed_after_a_failed_expiry_scan() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(store.run_pending_expiry().unwrap(), 100);
-    assert_eq!(store.records_on_disk().unwrap(), 0);
+    // What is left is the claim made after the failure (live), if it landed.
+    let left = store.records_on_disk().unwrap();
+    match after {
+        Ok(_) => assert_eq!(left, 1),
+        Err(_) => assert!(left <= 1, "{left}"),
+    }
 }
 
 const MIN: Duration = Duration::from_secs(60);

@@ -249,9 +249,16 @@ impl<'d> Workload<'d> {
                 // (nothing acknowledged is at stake in it), and redb's record of a clean
                 // shutdown in `Database::drop`, whose failure cannot be reported (the next open
                 // repairs the file).
+                // A failure may also strike the writer thread's application of rows already
+                // answered (grown by a commit, redb's file length is synced, and set), up to
+                // the close's own: then nobody is told until the recovery fails too, and the
+                // close is the first to hear it. It must name the fault.
                 match store.close() {
                     Ok(()) => {}
                     Err(Error::Poisoned { .. }) if self.out.poisoned => {}
+                    Err(Error::Poisoned { reason }) if reason.contains(self.disk.cause()) => {
+                        self.out.poisoned = true;
+                    }
                     Err(Error::Poisoned { reason })
                         if reason.starts_with("the final commit at close failed") => {}
                     Err(e) => return Err(format!("close answered {e:?}")),
