@@ -59,8 +59,9 @@
 //!
 //! With [`Durability::Bounded`] acknowledgements come before the sync, and a crash loses what
 //! was acknowledged within the configured delay before it (see its docs). There a batch is
-//! answered, and visible to other callers, as soon as it is decided; the writer thread applies
-//! decided batches to the file in bulk (`docs/DESIGN.md`, "Bounded mode: the stage").
+//! answered, and visible to other callers, as soon as it is decided. In both modes the writer
+//! thread applies answered batches to the store file in bulk, after (`docs/DESIGN.md`, "The
+//! stage"); with `Immediate` the commit log holds them before they are answered.
 //!
 //! Invariants:
 //! 1. A record at or past its expiry instant is absent for every operation, whether or not it

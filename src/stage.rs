@@ -1,21 +1,25 @@
-//! Bounded mode's staged rows: decided, published and answered, not yet in redb.
+//! Staged rows: batches answered, their rows not yet in redb.
 //!
-//! With `Durability::Bounded` an answer needs no sync, and before this module each batch still
-//! waited for its own non-durable redb commit (~19 µs of table opens, page handling and
-//! commit bookkeeping for a batch of one or two claims): two callers made fewer claims per
-//! second than one, queueing for each other's commits. Now a batch is decided exactly as
-//! before (under the writer's lock, against the directory), but its rows go to this stage and
-//! the batch is published and answered at once; the writer thread later applies everything
-//! staged in one redb transaction (`Durability::None`), and makes it durable at most
-//! `max_delay` after the oldest answer. So redb's per-transaction cost is paid once for
-//! thousands of rows, outside the callers' path.
+//! A batch's answer does not need redb: with `Durability::Bounded` it needs no sync at all,
+//! and with `Durability::Immediate` and the commit log it rests on the batch's log frame.
+//! Before this module each batch still waited for its own non-durable redb commit (~19 µs of
+//! table opens, page handling and commit bookkeeping, for a batch of one or two claims when
+//! callers are few): in bounded mode two callers made fewer claims per second than one (29k
+//! against 75k), queueing for each other's commits, and a lone durable claim paid it on top of
+//! its fdatasync. Now a batch is decided exactly as before (under the writer's lock, against
+//! the directory), its rows go to this stage, and the batch is published and answered (after
+//! its frame is synced, in `Immediate` mode); the writer thread applies everything staged in
+//! one redb transaction (`Durability::None`), and in bounded mode makes it durable at most
+//! `max_delay` after the oldest answer. So redb's per-transaction cost is paid once for many
+//! batches, outside the callers' path.
 //!
 //! Reads of a record (a replay's body, `get`) that miss in redb may be looking for a row still
 //! staged: they call [`Stage::commit`] and read again. Lock order: the writer's lock, then
 //! [`Stage::committer`], then the staged rows; the committer never takes the writer's lock.
 //!
-//! Nothing acknowledged is lost to an I/O error: the committer keeps every row applied since
-//! the last durable commit ([`Committer::unsynced`]), and a recovery writes those, and the
+//! Nothing acknowledged is lost to an I/O error: in `Immediate` mode the log holds every
+//! staged row and a recovery replays it; in bounded mode the committer keeps every row applied
+//! since the last durable commit ([`Committer::unsynced`]), and a recovery writes those, and the
 //! rows still staged, again (`Writer::recover`).
 
 use crate::clock::Millis;

@@ -51,10 +51,11 @@ pub struct Stats {
     pub recoveries: u64,
     /// Durable commits of the store file that emptied the commit log (the log was full).
     pub checkpoints: u64,
-    /// With [`Durability::Bounded`](crate::Durability::Bounded): transactions that applied
-    /// staged rows (batches decided and answered since the last one) to the store file, durable
-    /// or not. A batch there is decided and answered before its rows reach redb; the writer
-    /// thread applies them in bulk.
+    /// Transactions that applied staged rows (of batches answered since the last one) to the
+    /// store file, durable or not. A batch is answered before its rows reach the file (with
+    /// [`Durability::Bounded`](crate::Durability::Bounded) once decided, otherwise once its
+    /// commit-log frame is synced); the writer thread applies them in bulk. 0 without the
+    /// commit log.
     pub stage_commits: u64,
     /// Keys the open read from the directory snapshot of the last clean close (0: it scanned
     /// the records; see [`Builder::snapshot_min_keys`](crate::Builder::snapshot_min_keys)).
