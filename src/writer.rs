@@ -804,16 +804,26 @@ impl Desk {
         {
             return Some(op);
         }
-        let Some(mut writer) = self.writer.try_lock() else {
+        let Some(writer) = self.writer.try_lock() else {
             return Some(op);
         };
-        if writer.recovery_due {
-            // A caller's commit failed just now; the writer thread is about to recover.
-            return Some(op);
-        }
-        if writer.shared.stage.as_ref().is_some_and(|s| s.failed()) {
-            // Applying staged rows failed (in a read that applied them): the writer thread
-            // recovers, then takes the queued operation.
+        self.run_here(writer, op)
+    }
+
+    /// Bounded mode: decides `op` (and whatever queued meanwhile) in the calling thread,
+    /// waiting for the lock; the batch is staged, not committed, so the lock is held for
+    /// microseconds. Hands `op` back when the writer thread must recover first.
+    fn decide_here(&self, op: Op) -> Option<Op> {
+        self.run_here(self.writer.lock(), op)
+    }
+
+    /// Runs `op`'s batch (with whatever queued meanwhile) under `writer`, in the calling
+    /// thread; hands `op` back when the writer thread must recover first.
+    fn run_here(&self, mut writer: parking_lot::MutexGuard<'_, Writer>, op: Op) -> Option<Op> {
+        // A commit failed just now (a caller's, or applying staged rows in a read): the writer
+        // thread recovers, then takes the queued operation.
+        let stage_failed = writer.shared.stage.as_ref().is_some_and(|s| s.failed());
+        if writer.recovery_due || stage_failed {
             let _ = self.recover_tx.try_send(());
             return Some(op);
         }
@@ -827,30 +837,6 @@ impl Desk {
         if writer.recovery_due {
             // Recovery (reopening the file, reloading the directory) is not this caller's to
             // wait for; a wake-up already queued will do.
-            let _ = self.recover_tx.try_send(());
-        }
-        None
-    }
-
-    /// Bounded mode: decides `op` (and whatever queued meanwhile) in the calling thread,
-    /// waiting for the lock; the batch is staged, not committed, so the lock is held for
-    /// microseconds. Hands `op` back when the writer thread must recover first.
-    fn decide_here(&self, op: Op) -> Option<Op> {
-        let mut writer = self.writer.lock();
-        let stage_failed = || writer.shared.stage.as_ref().is_some_and(|s| s.failed());
-        if writer.recovery_due || stage_failed() {
-            // Queued, the operation runs after the writer thread's recovery.
-            let _ = self.recover_tx.try_send(());
-            return Some(op);
-        }
-        let mut batch = std::mem::take(&mut writer.batch);
-        batch.push(op);
-        writer.gather(&mut batch, &self.rx);
-        if writer.process_guarded(&mut batch) {
-            Counters::bump(&writer.shared.counters.caller_commits);
-        }
-        writer.batch = batch;
-        if writer.recovery_due {
             let _ = self.recover_tx.try_send(());
         }
         None
