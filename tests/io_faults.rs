@@ -256,11 +256,11 @@ impl<'d> Workload<'d> {
                 match store.close() {
                     Ok(()) => {}
                     Err(Error::Poisoned { .. }) if self.out.poisoned => {}
+                    Err(Error::Poisoned { reason })
+                        if reason.starts_with("the final commit at close failed") => {}
                     Err(Error::Poisoned { reason }) if reason.contains(self.disk.cause()) => {
                         self.out.poisoned = true;
                     }
-                    Err(Error::Poisoned { reason })
-                        if reason.starts_with("the final commit at close failed") => {}
                     Err(e) => return Err(format!("close answered {e:?}")),
                 }
                 self.mark(["close before the reopen", "final close"][i]);
