@@ -26,16 +26,17 @@ pub struct Stats {
     pub expired_by_operator: u64,
     /// Owner operations refused because their token was stale.
     pub stale_token_rejections: u64,
-    /// Batches decided and answered without a failure. Most are committed write
-    /// transactions; a batch that changed nothing (only refusals, or a flush with nothing to
-    /// sync, in the store's same millisecond: a batch in a new one persists the clock's
-    /// high-water mark) is counted too, although its transaction is aborted and writes nothing.
+    /// Batches decided and answered without a failure. With the commit log or in bounded mode
+    /// a batch's rows reach the store file later, in bulk ([`Stats::stage_commits`]); without
+    /// the log each batch is a write transaction. A batch that changed nothing (only refusals,
+    /// or a flush with nothing to sync, in the store's same millisecond: a batch in a new one
+    /// persists the clock's high-water mark) is counted too, although it writes nothing.
     pub batches_committed: u64,
     /// Operations carried by those batches (divide by `batches_committed` for the mean batch
     /// size).
     pub batched_ops: u64,
     /// Of `batches_committed`, those a caller ran in its own thread, having found the writer
-    /// idle.
+    /// idle (in bounded mode every caller decides its own batch, waiting for the lock).
     pub caller_commits: u64,
     /// Claims that found their key being acquired by the batch under commit and waited for
     /// that commit instead of queueing for the next one.
