@@ -3,9 +3,10 @@
 //! A durable redb commit writes every page its transaction touched (about seven scattered
 //! 4 KiB pages for one claim among a million keys) and then syncs. With the log, the rows a
 //! batch wrote or removed are appended to this file as one frame, followed by one fdatasync,
-//! and then the batch is committed to redb without a sync (`Durability::None`: in memory
-//! only); callers are answered after that commit. When the log is full, a batch is committed
-//! durably to redb instead (a *checkpoint*) and the log starts over from its beginning.
+//! and the batch's callers are answered; its rows then reach redb through the stage
+//! (`stage.rs`: applied in bulk without a sync, `Durability::None`, in memory only). When the
+//! log is full, the batch and everything staged are committed durably to redb instead (a
+//! *checkpoint*) and the log starts over from its beginning.
 //! Opening the store replays the current generation's frames and checkpoints.
 //!
 //! ```text

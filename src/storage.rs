@@ -1022,6 +1022,39 @@ impl<'t> Tables<'t> {
         }
     }
 
+    /// The key's record as this batch last wrote it, if it did (from the changes recorded).
+    pub(crate) fn get_written(&self, key: &Key, slot: &Slot) -> Result<Option<Record>> {
+        let (table, row_key) = match &self.rows {
+            Rows::Time(_) | Rows::Staged(Layout::TimeOrdered, _) => (
+                LogTable::Records,
+                log::record_key(slot.expires_at(), slot.token()).to_vec(),
+            ),
+            Rows::Key(_) | Rows::Staged(Layout::KeyOrdered, _) => {
+                (LogTable::ByKey, codec::scoped_key_bytes(key))
+            }
+        };
+        let mut last: Option<Option<Vec<u8>>> = None;
+        log::apply_changes(&self.changes, |e| {
+            if e.table == table && e.key == row_key.as_slice() {
+                last = Some(e.value.map(<[u8]>::to_vec));
+            }
+            Ok(())
+        })?;
+        let Some(Some(value)) = last else {
+            return Ok(None);
+        };
+        match table {
+            LogTable::ByKey => {
+                let (record, seq) = decode_with_seq(&value)?;
+                if seq != slot.token() {
+                    return Ok(None);
+                }
+                check(record, key, slot)
+            }
+            _ => check(codec::decode(&value)?, key, slot),
+        }
+    }
+
     /// Removes the time-ordered record at `(expires_at, seq)` (the sweeper's delete).
     pub(crate) fn remove_at(&mut self, expires_at: u64, seq: u64) -> Result<()> {
         match &mut self.rows {

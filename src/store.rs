@@ -835,6 +835,64 @@ mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
 
+    /// `Immediate` mode with the commit log: one batch completes a key (its owner's lease is
+    /// over) and then decides a claim of it, which replays the record written earlier in the
+    /// batch. The completion must be in the batch's log frame. Before the fix, the replay's
+    /// lookup sent the batch's earlier rows to redb (in memory) and left them out of the frame:
+    /// after a power loss the acknowledged completion was gone (found by an independent
+    /// review).
+    #[cfg(feature = "test-util")]
+    #[test]
+    fn a_completion_replayed_in_its_own_batch_is_in_the_log() {
+        use crate::sim_disk::SimDisk;
+        let disk = SimDisk::new();
+        let clock = crate::ManualClock::new(1_741_953_600_000);
+        let open = |disk: &SimDisk| {
+            Store::builder()
+                .clock(clock.clone())
+                .lease(Duration::from_secs(1))
+                .open_sim(disk)
+                .unwrap()
+        };
+        let store = Arc::new(open(&disk));
+        let key = Key::new("t", "k");
+        let ClaimOutcome::Acquired(lease) = store.claim(&key, None).unwrap() else {
+            panic!("a new key is acquired")
+        };
+        // The lease is over: the next claim goes to the writer (to take the key over).
+        clock.advance(Duration::from_secs(2));
+        let held = store.desk.hold();
+        let wait_for = |n: usize| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while store.desk.queued() < n {
+                assert!(std::time::Instant::now() < deadline, "nothing queued");
+                std::thread::yield_now();
+            }
+        };
+        let (s, l) = (Arc::clone(&store), lease.clone());
+        let completer = std::thread::spawn(move || s.complete(&l, Response::new(201).body("done")));
+        wait_for(1);
+        let (s, k) = (Arc::clone(&store), key.clone());
+        let claimer = std::thread::spawn(move || s.claim(&k, None));
+        wait_for(2);
+        drop(held);
+        completer
+            .join()
+            .unwrap()
+            .expect("the completion is acknowledged");
+        match claimer.join().unwrap().unwrap() {
+            ClaimOutcome::Replay(r) => assert_eq!(r.response.body, b"done"),
+            other => panic!("the claim in the completion's batch answered {other:?}"),
+        }
+        // A power loss now, before anything else reaches the disk.
+        let crashed = disk.crash(7);
+        let store = open(&crashed);
+        match store.claim(&key, None).unwrap() {
+            ClaimOutcome::Replay(r) => assert_eq!(r.response.body, b"done"),
+            other => panic!("the acknowledged completion was lost: {other:?}"),
+        }
+    }
+
     /// A panic in the writer thread's loop (outside a batch, whose panics have their own
     /// guard) poisons the store; the caller whose operation it held gets `Closed`, every
     /// later call `Poisoned`, and nothing waits forever, the store's drop included.

@@ -2,12 +2,14 @@
 //!
 //! Callers send operations through a bounded channel. The writer takes every operation queued
 //! (up to `max_batch`), decides each one in arrival order against the directory plus the
-//! batch's own earlier changes (the overlay), writes the records into one redb write
-//! transaction, commits it, publishes the overlay into the directory, and only then answers the
-//! callers. A batch forms by itself while the previous commit syncs. With the commit log
-//! (`log.rs`), the batch is made durable by appending its changes to the log (one fdatasync)
-//! before redb commits it in memory; when the log is full the batch is committed durably to
-//! redb instead, which checkpoints the log.
+//! batch's own earlier changes (the overlay), records the rows it changes, commits them,
+//! publishes the overlay into the directory, and only then answers the callers. A batch forms
+//! by itself while the previous commit syncs. With the commit log (`log.rs`), the batch is made
+//! durable by appending its changes to the log (one fdatasync), and its rows reach redb after,
+//! in memory, through the stage (`stage.rs`); when the log is full the batch and everything
+//! staged are committed durably to redb instead, which checkpoints the log. Without the log each
+//! batch is a durable redb write transaction. In bounded mode a batch is staged and answered
+//! without any commit.
 //!
 //! Only one batch commits at a time: the writer's state sits behind a lock ([`Desk`]). A
 //! caller that finds the queue empty and the writer idle takes the lock and commits its own
@@ -842,6 +844,20 @@ impl Desk {
         None
     }
 
+    /// Unit tests: holds the writer's lock, so that operations sent meanwhile queue and form
+    /// one batch, in the order they were sent.
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> parking_lot::MutexGuard<'_, Writer> {
+        self.writer.lock()
+    }
+
+    /// Unit tests: operations queued for the writer thread, counting one it took from the
+    /// queue and holds while it waits for the lock.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.rx.len() + usize::from(self.thread_waiting.load(Ordering::Acquire))
+    }
+
     /// Counts the caller as waiting for the writer until the guard drops.
     pub(crate) fn wait_in_line(&self) -> impl Drop + '_ {
         struct InLine<'a>(&'a AtomicUsize);
@@ -1114,12 +1130,15 @@ impl BatchCtx<'_, '_> {
                     if found.is_none()
                         && let Some(stage) = self.shared.stage.as_ref()
                     {
-                        // Staged tables read what redb has committed: the record may still be
-                        // staged, or written earlier in this batch. Apply both, then read.
-                        stage.push(&self.tables.changes);
-                        self.tables.changes.clear();
-                        stage.commit(self.shared, false)?;
-                        found = self.tables.get(&key, &slot)?;
+                        // Staged tables read what redb has committed: the record may have been
+                        // written earlier in this batch (read it there: this batch's rows must
+                        // reach redb only after its log frame, which is built from them), or be
+                        // staged by an earlier batch (apply the stage, then read).
+                        found = self.tables.get_written(&key, &slot)?;
+                        if found.is_none() {
+                            stage.commit(self.shared, false)?;
+                            found = self.tables.get(&key, &slot)?;
+                        }
                     }
                     match found {
                         Some(record) => replay_of(record),
