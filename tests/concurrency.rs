@@ -364,3 +364,56 @@ fn bounded_mode_syncs_under_sustained_load() {
         "600 ms of load with a 5 ms max_delay made no sync"
     );
 }
+
+/// In bounded mode, under sustained load, the writer thread's branch for staged rows is always
+/// ready: a sweep (and a flush) queued for it must still run while the load lasts. Before the
+/// fix (a review finding), `run_pending_expiry` waited until the callers stopped.
+#[test]
+fn bounded_mode_sweeps_under_sustained_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_741_953_600_000);
+    let store = Arc::new(
+        Store::builder()
+            .durability(Durability::Bounded {
+                max_delay: std::time::Duration::from_millis(5),
+            })
+            .clock(clock.clone())
+            .open(dir.path().join("sweeps.redb"))
+            .expect("open"),
+    );
+    for i in 0..10 {
+        let minute = std::time::Duration::from_secs(60);
+        let _ = store
+            .claim_with_ttl(&Key::new("expiring", format!("{i}")), None, minute)
+            .expect("claim");
+    }
+    clock.advance(std::time::Duration::from_secs(7200));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..2u64)
+        .map(|t| {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Relaxed) {
+                    i += 1;
+                    let k = Key::new("load", format!("{t}-{i}"));
+                    let _ = store.claim(&k, None).expect("claim");
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let sweeper = Arc::clone(&store);
+    std::thread::spawn(move || {
+        let _ = tx.send(sweeper.run_pending_expiry());
+    });
+    // The load goes on meanwhile: the sweep must not wait for it to stop.
+    let swept = rx.recv_timeout(std::time::Duration::from_secs(20));
+    stop.store(true, Relaxed);
+    for c in callers {
+        c.join().expect("caller");
+    }
+    let swept = swept.expect("the sweep waited for the load to stop");
+    assert_eq!(swept.expect("sweep"), 10);
+}
