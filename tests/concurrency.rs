@@ -315,6 +315,49 @@ fn bounded_mode_refusals_start_no_sync() {
     assert_eq!(after.syncs, before.syncs, "{before:?} -> {after:?}");
 }
 
+/// A bounded-mode store syncing at most 5 ms after an answer.
+fn bounded_5ms() -> idemstore::Builder {
+    Store::builder().durability(Durability::Bounded {
+        max_delay: std::time::Duration::from_millis(5),
+    })
+}
+
+/// Two callers claiming fresh keys (in `scope`) until stopped: a sustained load.
+struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    callers: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Load {
+    fn start(store: &Arc<Store>, scope: &'static str) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let callers = (0..2u64)
+            .map(|t| {
+                let (store, stop) = (Arc::clone(store), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(Relaxed) {
+                        i += 1;
+                        let k = Key::new(scope, format!("{t}-{i}"));
+                        let _ = store.claim(&k, None).expect("claim");
+                    }
+                    i
+                })
+            })
+            .collect();
+        Load { stop, callers }
+    }
+
+    /// Stops the callers; answers how many claims they made.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Relaxed);
+        self.callers
+            .into_iter()
+            .map(|h| h.join().expect("caller"))
+            .sum()
+    }
+}
+
 /// In bounded mode callers stage their batches and the writer thread applies them, going on at
 /// once while more were staged meanwhile: under sustained load its wake-ups never run out, and
 /// the sync must still come within `max_delay` (the timer alone never fired while callers kept
@@ -323,35 +366,17 @@ fn bounded_mode_refusals_start_no_sync() {
 fn bounded_mode_syncs_under_sustained_load() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(
-        Store::builder()
-            .durability(Durability::Bounded {
-                max_delay: std::time::Duration::from_millis(5),
-            })
+        bounded_5ms()
             .open(dir.path().join("sustained.redb"))
             .expect("open"),
     );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let callers: Vec<_> = (0..2u64)
-        .map(|t| {
-            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let mut i = 0u64;
-                while !stop.load(Relaxed) {
-                    i += 1;
-                    let k = Key::new("sustained", format!("{t}-{i}"));
-                    let _ = store.claim(&k, None).expect("claim");
-                }
-                i
-            })
-        })
-        .collect();
+    let load = Load::start(&store, "sustained");
     std::thread::sleep(std::time::Duration::from_millis(100));
     let before = store.stats();
     std::thread::sleep(std::time::Duration::from_millis(600));
     // Read while the callers still claim: a load that pauses would let the timer fire anyway.
     let during = store.stats();
-    stop.store(true, Relaxed);
-    let claimed: u64 = callers.into_iter().map(|h| h.join().expect("caller")).sum();
+    let claimed = load.stop();
     assert!(claimed > 0);
     assert!(
         during.stage_commits > before.stage_commits,
@@ -373,10 +398,7 @@ fn bounded_mode_sweeps_under_sustained_load() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(1_741_953_600_000);
     let store = Arc::new(
-        Store::builder()
-            .durability(Durability::Bounded {
-                max_delay: std::time::Duration::from_millis(5),
-            })
+        bounded_5ms()
             .clock(clock.clone())
             .open(dir.path().join("sweeps.redb"))
             .expect("open"),
@@ -388,20 +410,7 @@ fn bounded_mode_sweeps_under_sustained_load() {
             .expect("claim");
     }
     clock.advance(std::time::Duration::from_secs(7200));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let callers: Vec<_> = (0..2u64)
-        .map(|t| {
-            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let mut i = 0u64;
-                while !stop.load(Relaxed) {
-                    i += 1;
-                    let k = Key::new("load", format!("{t}-{i}"));
-                    let _ = store.claim(&k, None).expect("claim");
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&store, "load");
     std::thread::sleep(std::time::Duration::from_millis(100));
     let (tx, rx) = crossbeam_channel::bounded(1);
     let sweeper = Arc::clone(&store);
@@ -410,10 +419,7 @@ fn bounded_mode_sweeps_under_sustained_load() {
     });
     // The load goes on meanwhile: the sweep must not wait for it to stop.
     let swept = rx.recv_timeout(std::time::Duration::from_secs(20));
-    stop.store(true, Relaxed);
-    for c in callers {
-        c.join().expect("caller");
-    }
+    load.stop();
     let swept = swept.expect("the sweep waited for the load to stop");
     assert_eq!(swept.expect("sweep"), 10);
 }
