@@ -191,3 +191,48 @@ fn one_failed_caller_commit_is_one_failure_even_when_a_sync_is_due() {
         "only {failed_rounds} of 40 faults failed a commit"
     );
 }
+
+/// A bounded-mode batch that applies the stage itself (here a flush: a durable commit of
+/// everything staged) and meets a fault there: the stage counts the failed commit, and the
+/// batch's own error path counted it again (one fault, two failed commits; found by an
+/// independent review of the stage, fixed in f82ae3e).
+#[test]
+fn a_failed_stage_commit_in_a_batch_is_one_failure() {
+    let disk = SimDisk::new();
+    // The longest delay: the flush makes the only durable commit (20 claims stay far below
+    // the size that syncs at once).
+    let store = open(
+        &disk,
+        Durability::Bounded {
+            max_delay: Duration::from_secs(60),
+        },
+    );
+    for round in 0..5 {
+        for i in 0..20 {
+            let key = Key::new("r", format!("{round}-{i}"));
+            assert!(matches!(
+                store.claim(&key, None),
+                Ok(ClaimOutcome::Acquired(_))
+            ));
+        }
+        let before = store.stats().failed_commits;
+        // Only a durable commit syncs: the flush's.
+        disk.fail_nth(DiskOp::Sync, 1);
+        assert!(
+            store.flush().is_err(),
+            "round {round}: the flush met no fault"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = store.flush() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the store never recovered: {e}"
+            );
+        }
+        let failures = store.stats().failed_commits - before;
+        assert_eq!(
+            failures, 1,
+            "round {round}: one injected fault, {failures} failed commits"
+        );
+    }
+}
