@@ -751,6 +751,9 @@ fn get_during_recovery_or_poison_is_not_reported_as_corruption() {
         store
             .complete(&lease, Response::new(201).body("done"))
             .unwrap();
+        // Its rows in the file first: the writer thread applying them could grow the file,
+        // whose sync would take the fault armed below.
+        store.records_on_disk().unwrap();
         (disk, store, key)
     };
     // Right after a failed commit, while the writer reopens the (healthy) file
@@ -1024,6 +1027,9 @@ fn bounded_mode_recovery_never_writes_older_batches_over_a_failed_one() {
         );
         let k = Key::unscoped("k");
         lease_of(store.claim(&k, None).unwrap());
+        // Its rows in the file first: the writer thread applying them could grow the file,
+        // whose sync would take the fault armed below.
+        store.records_on_disk().unwrap();
         clock.advance(Duration::from_secs(2)); // the lease is over: the next claim takes over
         disk.fail_nth(Op::Sync, 1);
         // The takeover and a flush race into one durable batch (most rounds).
@@ -1103,6 +1109,9 @@ fn counting_and_sweeping_during_recovery_wait_for_it() {
         let disk = SimDisk::new();
         let store = Disk::open(&disk, &ManualClock::new(T0)).unwrap();
         acquired_lease(&store, "k");
+        // Its rows in the file first: the writer thread applying them could grow the file,
+        // whose sync would take the fault armed below.
+        store.records_on_disk().unwrap();
         disk.fail_nth(Op::Sync, 1);
         let failed = store.claim(&Key::new("t", "other"), None);
         assert!(
@@ -1330,6 +1339,9 @@ fn answers_after_an_unknown_outcome_never_change_their_mind() {
                 .expect("open");
             let key = Key::new("tenant", "released");
             let lease = lease_of(store.claim(&key, None).unwrap());
+            // The claim's rows in the file first: the fault is for the release's writes, not
+            // for the writer thread's apply of the claim.
+            store.records_on_disk().unwrap();
             disk.fail_nth(kind, n);
             let released = store.release(&lease);
             disk.heal();

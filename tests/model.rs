@@ -305,6 +305,10 @@ fn get_on_a_poisoned_store_is_refused() {
     let ClaimOutcome::Acquired(lease) = d.store().claim(&driver::key(0), None).unwrap() else {
         panic!("a new key is acquired");
     };
+    // The claim's rows in the file first: the writer thread applying them could grow the
+    // file, whose sync would take the fault armed below (and the complete would answer
+    // `Poisoned`).
+    d.store().records_on_disk().unwrap();
     // Every sync fails from now on: the commit, then the reopen that would recover from it.
     d.disk.fail_from(DiskOp::Sync, 1);
     let completed = d.store().complete(&lease, driver::response(b"done"));
