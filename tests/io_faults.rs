@@ -2,7 +2,9 @@
 //! `N`-th write, `set_len` or sync of the disk failing, and with the disk failing for good; and
 //! a real file that runs out of space.
 //!
-//! The workload (fixed seed, one caller, so every run is the same until its fault fires) opens
+//! The workload (fixed seed, one caller, so every run makes the same calls until its fault
+//! fires; since the stage, the writer thread applies the answered rows to redb at times the
+//! scheduler decides, so the file's operations around a point can differ between runs) opens
 //! a store on a [`SimDisk`], runs claims, completes, releases, renews, expiries, reads, sweeps
 //! and clock moves on six keys, closes and reopens the store, runs more of them, and closes it.
 //! A first run counts the disk operations of each kind; then every injection point gets its
