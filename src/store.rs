@@ -78,6 +78,33 @@ impl Shared {
         Err(kept_reopening())
     }
 
+    /// Reads the file with `read`, once any recovery is over. A commit that fails on the
+    /// database a read holds (the writer thread applying staged rows, another caller's batch)
+    /// makes redb fail every later use of it (`PreviousIo`), also while the failing thread has
+    /// yet to mark the recovery; such a read, or any that fails while a recovery is pending,
+    /// reads again once the writer has reopened the file: the failure is not the reader's, and
+    /// the recovery writes everything answered. (It answered `Error::Storage` before: a pass
+    /// of the sweeper, `records_on_disk`, a replay's body.)
+    pub(crate) fn read_file<T>(
+        &self,
+        flush: impl Fn() -> Result<()>,
+        read: impl Fn(&Db) -> Result<T>,
+    ) -> Result<T> {
+        for _ in 0..REPLAY_LOOKUPS {
+            let db = self.database_after_recovery(&flush)?;
+            match read(&db) {
+                Err(e) if is_previous_io(&e) || self.recovery_pending() => {
+                    // Not held while the writer reopens the file.
+                    drop(db);
+                    // Queued behind the recovery, begun or about to be.
+                    flush()?;
+                }
+                answer => return answer,
+            }
+        }
+        Err(kept_reopening())
+    }
+
     /// A commit failed and the writer has not reopened the file yet.
     fn recovery_pending(&self) -> bool {
         self.recovery_pending.load(Ordering::Acquire)
@@ -119,6 +146,11 @@ impl Shared {
             None => Ok(()),
         }
     }
+}
+
+/// redb's answer on a database on which a write failed.
+fn is_previous_io(e: &Error) -> bool {
+    matches!(e, Error::Storage(redb::Error::PreviousIo))
 }
 
 /// The answer when every wait for a recovery met another failed commit.
@@ -498,10 +530,10 @@ impl Store {
     }
 
     fn read_record(&self, key: &Key, slot: &Slot) -> Result<Option<crate::codec::Record>> {
-        let read = || match self.shared.database() {
-            Some(db) => storage::read(&db, self.shared.config.layout, key, slot),
-            // The writer is reopening the file after a failed commit.
-            None => Ok(None),
+        let layout = self.shared.config.layout;
+        let read = || {
+            self.shared
+                .read_file(|| self.flush(), |db| storage::read(db, layout, key, slot))
         };
         let found = read()?;
         match &self.shared.stage {
@@ -771,8 +803,11 @@ impl Store {
             // leaves them to the recovery, which the wait below waits for).
             let _ = stage.commit(&self.shared, false);
         }
-        let db = self.shared.database_after_recovery(|| self.flush())?;
-        storage::guard(|| storage::record_count(&db, self.shared.config.layout))
+        let layout = self.shared.config.layout;
+        self.shared.read_file(
+            || self.flush(),
+            |db| storage::guard(|| storage::record_count(db, layout)),
+        )
     }
 
     /// Finishes every queued operation, makes acknowledged work durable, stops the writer

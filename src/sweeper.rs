@@ -272,15 +272,17 @@ impl Sweep {
     ) -> Result<Option<(Millis, u64)>> {
         let mut cursor = from;
         loop {
-            let db = shared.database_after_recovery(|| {
+            let flush = || {
                 let (reply, answer) = crate::oneshot::oneshot();
                 writer
                     .send(Op::Flush { reply })
                     .map_err(|_| Error::Closed)?;
                 answer.wait()
-            })?;
-            let rows = crate::storage::guard(|| {
-                crate::storage::scan_expiry(&db, cursor, to, self.scan_chunk, &shared.seeds)
+            };
+            let rows = shared.read_file(flush, |db| {
+                crate::storage::guard(|| {
+                    crate::storage::scan_expiry(db, cursor, to, self.scan_chunk, &shared.seeds)
+                })
             })?;
             let full = rows.len() == self.scan_chunk;
             if full && self.stopping.load(Relaxed) {

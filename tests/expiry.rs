@@ -574,3 +574,63 @@ fn a_pass_whose_stage_apply_fails_waits_for_the_recovery() {
     // when the failure left them to the recovery).
     assert!(reclaimed >= 29 * 4, "{reclaimed} records reclaimed");
 }
+
+/// A pass whose scan reads the database while the writer thread's apply of rows staged after
+/// the pass's own apply fails on it: redb then fails every later read of that database
+/// (`PreviousIo`), and the pass answered that `Error::Storage`, a failure not its own. It now
+/// reads the reopened file (`Shared::read_file`, also behind `records_on_disk` and a replay's
+/// body). Found by an independent review, whose probe this is: 7-10 rounds of 30 answered
+/// the error before the fix.
+#[test]
+fn a_pass_racing_a_failed_apply_reads_the_reopened_file() {
+    use idemstore::sim_disk::{Op, SimDisk};
+    let mut failed = 0;
+    for round in 0..30u64 {
+        let disk = SimDisk::new();
+        let store = Arc::new(
+            Store::builder()
+                .clock(ManualClock::new(START))
+                .durability(Durability::Bounded {
+                    max_delay: Duration::from_secs(60),
+                })
+                .ttl(Duration::from_secs(7200))
+                .lease(Duration::from_secs(7000))
+                // No background pass; the first pass scans every record (none is due), long
+                // enough for the apply below to fail under it.
+                .sweep_interval(Duration::from_secs(3600))
+                .sweep_horizon(Duration::from_secs(3 * 3600))
+                // A small cache: the apply of a large response grows the file.
+                .cache_size(64 << 10)
+                .open_sim(&disk)
+                .expect("open"),
+        );
+        for i in 0..3000 {
+            acquire(&store, &Key::new("t", format!("{i}")));
+        }
+        let lease = acquire(&store, &Key::new("t", "big"));
+        store.records_on_disk().unwrap();
+        let before = store.stats().failed_commits;
+        // The file's growth for the large response fails.
+        disk.fail_nth(Op::SetLen, 1);
+        let completer = {
+            let store = Arc::clone(&store);
+            let delay = Duration::from_micros(500 * (round % 10));
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                store.complete(&lease, Response::new(200).body(vec![7u8; 200 << 10]))
+            })
+        };
+        let pass = store.run_pending_expiry();
+        // Answered before its rows are applied (bounded mode): never the apply's failure.
+        completer.join().unwrap().expect("complete");
+        assert!(
+            pass.is_ok(),
+            "round {round}: the pass answered another commit's failure: {pass:?}"
+        );
+        assert_eq!(store.records_on_disk().unwrap(), 3001, "round {round}");
+        failed += store.stats().failed_commits - before;
+        disk.heal();
+    }
+    // Not vacuous: the applies failed.
+    assert!(failed >= 15, "only {failed} of 30 applies failed");
+}
