@@ -84,7 +84,9 @@ impl Shared {
     /// yet to mark the recovery; such a read, or any that fails while a recovery is pending,
     /// reads again once the writer has reopened the file: the failure is not the reader's, and
     /// the recovery writes everything answered. (It answered `Error::Storage` before: a pass
-    /// of the sweeper, `records_on_disk`, a replay's body.)
+    /// of the sweeper, `records_on_disk`, a replay's body.) A failed read makes redb refuse
+    /// the database too, with no recovery to wait for: then the error is the answer (found by
+    /// the damage campaign, case 1613 of the default seed: it answered "kept reopening").
     pub(crate) fn read_file<T>(
         &self,
         flush: impl Fn() -> Result<()>,
@@ -94,10 +96,22 @@ impl Shared {
             let db = self.database_after_recovery(&flush)?;
             match read(&db) {
                 Err(e) if is_previous_io(&e) || self.recovery_pending() => {
-                    // Not held while the writer reopens the file.
+                    // Not held while the writer reopens the file (a weak handle keeps its
+                    // address from being reused, to tell whether it was replaced).
+                    let read_from = Arc::downgrade(&db);
                     drop(db);
                     // Queued behind the recovery, begun or about to be.
                     flush()?;
+                    // A failed read also makes redb refuse the database, and no recovery
+                    // follows a read: unless a commit failed on it (a recovery is pending, or
+                    // has replaced it), the error is the answer. (A later commit's failure on
+                    // it starts the recovery.)
+                    let same = self
+                        .database()
+                        .is_some_and(|now| std::ptr::eq(Arc::as_ptr(&now), read_from.as_ptr()));
+                    if same && !self.recovery_pending() {
+                        return Err(e);
+                    }
                 }
                 answer => return answer,
             }

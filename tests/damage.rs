@@ -317,6 +317,23 @@ fn a_scan_reading_rows_out_of_order_refuses_the_file() {
     }
 }
 
+/// A read that fails on damage (case 1613 of the default seed, `0xda3a6e000000064d`: bytes
+/// 482165 and 533699, a short read of a page) makes redb refuse every later read of that
+/// database (`PreviousIo`). Reads that meet `PreviousIo` wait for the writer's recovery from a
+/// failed commit (`Shared::read_file`), but a failed read starts none: they waited in vain and
+/// answered "kept reopening", an error damage does not explain. Now, with no recovery pending
+/// or done, the read answers redb's error.
+#[test]
+fn a_read_refused_after_a_failed_read_answers_the_error() {
+    let _serial = serial();
+    let outcomes = run_cases(0xda3a_6e00_0000_064d, 1);
+    let outcome = outcomes.keys().next().unwrap();
+    // A debug build's redb assertion refuses the file first.
+    if !cfg!(debug_assertions) {
+        assert!(outcome.starts_with("opened, errors:"), "{outcome}");
+    }
+}
+
 /// Damages `cases` copies of a closed store, case `i` from seed `base + i`, and uses each;
 /// returns how many cases ended in each outcome.
 fn run_cases(base: u64, cases: u64) -> std::collections::BTreeMap<String, u64> {
