@@ -146,6 +146,18 @@ fn callers_during_recovery_see_the_keys_that_are_live() {
     );
 }
 
+/// Flushes until a flush succeeds: the store has recovered, and every failure it took is
+/// counted (a flush queues behind the recovery and syncs).
+fn flush_until_recovered(store: &Store, round: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = store.flush() {
+        assert!(
+            Instant::now() < deadline,
+            "round {round}: the store never recovered: {e}"
+        );
+    }
+}
+
 /// With `Durability::Bounded`, a caller's commit can fail while the writer thread's sync timer
 /// has fired and waits for the lock. The thread must recover before anything else: it synced
 /// the database whose commit had just failed, which failed again (one fault counted as two
@@ -191,13 +203,7 @@ fn one_failed_caller_commit_is_one_failure_even_when_a_sync_is_due() {
         // Recovered once a flush succeeds (answered claims reach redb in the writer thread,
         // so a claim's success says nothing about a recovery; a flush queues behind it and
         // syncs); every failure it took is counted by then.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Err(e) = store.flush() {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: the store never recovered: {e}"
-            );
-        }
+        flush_until_recovered(&store, round);
         let failures = store.stats().failed_commits - before;
         assert!(
             failures <= 1,
@@ -244,13 +250,7 @@ fn a_failed_stage_commit_in_a_batch_is_one_failure() {
             store.flush().is_err(),
             "round {round}: the flush met no fault"
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Err(e) = store.flush() {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: the store never recovered: {e}"
-            );
-        }
+        flush_until_recovered(&store, round);
         let failures = store.stats().failed_commits - before;
         assert_eq!(
             failures, 1,
