@@ -119,6 +119,12 @@ struct Run {
     models: Vec<RefStore>,
     /// A fault is armed on the disk: operations may fail.
     armed: bool,
+    /// A fault was armed since the store was last opened. The writer thread applies answered
+    /// rows to redb in the background (the stage), so a fault it met (a failed apply, a
+    /// recovery that failed too and poisoned the store) can surface after the disk is healed,
+    /// in any later call (found by this target: a store poisoned by a failed apply and a
+    /// failed recovery, then healed, failed `records_on_disk` with no fault armed).
+    faulted: bool,
     /// The store reported itself poisoned; it refuses operations until reopened.
     poisoned: bool,
     /// Keys touched by operations whose outcome is unknown, to read back.
@@ -194,7 +200,7 @@ impl Run {
                 (self.models, ok) = dedup(kept);
                 ok
             }
-            Err(Error::OutcomeUnknown { .. }) if self.armed || self.poisoned => {
+            Err(Error::OutcomeUnknown { .. }) if self.faulted || self.poisoned => {
                 count(2);
                 let phantom = self.phantom;
                 self.phantom -= 1;
@@ -210,12 +216,12 @@ impl Run {
                 self.unsettled = true;
                 ok
             }
-            Err(Error::Poisoned { .. }) if self.armed || self.poisoned => {
+            Err(Error::Poisoned { .. }) if self.faulted || self.poisoned => {
                 self.poisoned = true;
                 true
             }
             // A failed read (replay or get): nothing changed.
-            Err(_) if self.armed => true,
+            Err(_) if self.faulted => true,
             Err(e) => panic!("{op:?} failed with no fault armed: {e}"),
         }
     }
@@ -266,7 +272,7 @@ impl Run {
             }
             // Failed part way, or before starting: each chunk is a commit of its own.
             Err(e) if corrupt(&e) => panic!("run_pending_expiry reported corruption: {e}"),
-            Err(e) if self.armed || self.poisoned => {
+            Err(e) if self.faulted || self.poisoned => {
                 let mut next = self.models.clone();
                 next.extend(swept.into_iter().map(|(m, _)| m));
                 let ok;
@@ -308,6 +314,7 @@ impl Run {
                 .expect("the store opens once the disk is healed");
         }
         self.poisoned = false;
+        self.faulted = self.armed;
         // A clean close persists the time unless the disk fails it; the difference is never
         // observable here, as a step back of the clock writes first (see `reference.rs`).
         for m in &mut self.models {
@@ -316,10 +323,17 @@ impl Run {
         self.read_back()
     }
 
-    fn check_records(&self) {
-        let Ok(on_disk) = self.d.store().records_on_disk() else {
-            assert!(self.poisoned || self.armed, "records cannot be counted");
-            return;
+    fn check_records(&mut self) {
+        let on_disk = match self.d.store().records_on_disk() {
+            Ok(on_disk) => on_disk,
+            Err(Error::Poisoned { .. }) if self.faulted || self.poisoned => {
+                self.poisoned = true;
+                return;
+            }
+            Err(e) => {
+                assert!(self.faulted, "records cannot be counted: {e}");
+                return;
+            }
         };
         let fits = self
             .models
@@ -407,8 +421,8 @@ impl Run {
                 }
                 // The clock stays; a probe write that may have landed changes nothing the
                 // model tracks (it only persists the current time).
-                Err(Error::OutcomeUnknown { .. }) if self.armed || self.poisoned => self.settle(),
-                Err(Error::Poisoned { .. }) if self.armed || self.poisoned => {
+                Err(Error::OutcomeUnknown { .. }) if self.faulted || self.poisoned => self.settle(),
+                Err(Error::Poisoned { .. }) if self.faulted || self.poisoned => {
                     self.poisoned = true;
                     true
                 }
@@ -426,6 +440,7 @@ impl Run {
                     self.d.disk.fail_nth(kind, n.0 + 1);
                 }
                 self.armed = true;
+                self.faulted = true;
                 true
             }
             Step::Heal => {
@@ -446,6 +461,7 @@ fuzz_target!(|steps: Vec<Step>| {
         d: Driver::new(),
         models: vec![RefStore::new()],
         armed: false,
+        faulted: false,
         poisoned: false,
         uncertain: Vec::new(),
         unsettled: false,
