@@ -1044,14 +1044,8 @@ impl<'t> Tables<'t> {
             return Ok(None);
         };
         match table {
-            LogTable::ByKey => {
-                let (record, seq) = decode_with_seq(&value)?;
-                if seq != slot.token() {
-                    return Ok(None);
-                }
-                check(record, key, slot)
-            }
-            _ => check(codec::decode(&value)?, key, slot),
+            LogTable::ByKey => key_row(&value, key, slot),
+            _ => time_row(&value, key, slot),
         }
     }
 
@@ -1098,8 +1092,23 @@ fn read_time(
 ) -> Result<Option<Record>> {
     match t.get((slot.expires_at(), slot.token()))? {
         None => Ok(None),
-        Some(v) => check(codec::decode(v.value())?, key, slot),
+        Some(v) => time_row(v.value(), key, slot),
     }
+}
+
+/// The record of a time-ordered row, checked against the directory slot that points at it.
+fn time_row(value: &[u8], key: &Key, slot: &Slot) -> Result<Option<Record>> {
+    check(codec::decode(value)?, key, slot)
+}
+
+/// The record of a key-ordered row; `None` when the row holds a later record of the key than
+/// the slot's.
+fn key_row(value: &[u8], key: &Key, slot: &Slot) -> Result<Option<Record>> {
+    let (record, seq) = decode_with_seq(value)?;
+    if seq != slot.token() {
+        return Ok(None);
+    }
+    check(record, key, slot)
 }
 
 fn read_key(
@@ -1109,13 +1118,7 @@ fn read_key(
 ) -> Result<Option<Record>> {
     match t.get(codec::scoped_key_bytes(key).as_slice())? {
         None => Ok(None),
-        Some(v) => {
-            let (record, seq) = decode_with_seq(v.value())?;
-            if seq != slot.token() {
-                return Ok(None);
-            }
-            check(record, key, slot)
-        }
+        Some(v) => key_row(v.value(), key, slot),
     }
 }
 

@@ -551,13 +551,12 @@ impl Store {
         };
         let found = read()?;
         match &self.shared.stage {
-            // Bounded mode: the record may still be staged (`stage.rs`); apply the stage and
-            // read again. A failed commit leaves the rows to the recovery: the caller looks
-            // again, and waits for it.
-            Some(stage) if found.is_none() => match stage.commit(&self.shared, false) {
-                Ok(_) => read(),
-                Err(_) => Ok(None),
-            },
+            // The record may still be staged (`stage.rs`); apply the stage and read again. A
+            // failed commit leaves the rows to the recovery, which the read waits for.
+            Some(stage) if found.is_none() => {
+                let _ = stage.commit(&self.shared, false);
+                read()
+            }
             _ => Ok(found),
         }
     }

@@ -170,7 +170,7 @@ impl Sweep {
         // A record staged before the horizon moved did not see the new horizon when it was
         // published, and is not in the file yet: apply the stage before the scan. A failure
         // (here, or of an earlier commit) leaves the rows to the recovery, which writes them
-        // to the reopened file; the scan waits for it (`database_after_recovery`), as a read
+        // to the reopened file; the scan waits for it (`Shared::read_file`), as a read
         // does. The pass does not fail for rows that are not its own.
         if scan.is_some()
             && let Some(stage) = &shared.stage
